@@ -1,0 +1,33 @@
+"""Backend: the one place that knows about NumPy vs CuPy.
+
+Public helpers:
+
+- :func:`get_device` -- resolve ``"auto" | "cpu" | "cuda" | "cuda:N"`` (default
+  from ``GPUCONV_DEVICE``).
+- :func:`get_array_module` -- the ``xp`` module of some arrays.
+- :func:`to_device`, :func:`to_numpy`, :func:`device_of` -- move and inspect arrays.
+- :func:`seed`, :func:`generator` -- seeded per-device random generators.
+"""
+from .devices import (
+    Array,
+    Backend,
+    Device,
+    backend_of_module,
+    cuda_is_available,
+    cuda_unavailable_reason,
+    device_of,
+    get_array_module,
+    get_device,
+    register_backend,
+    to_device,
+    to_numpy,
+    unregister_backend,
+)
+from .random import generator, get_seed, get_state, host_generator, seed, set_state
+
+__all__ = [
+    "Array", "Backend", "Device", "backend_of_module", "cuda_is_available",
+    "cuda_unavailable_reason", "device_of", "get_array_module", "get_device",
+    "register_backend", "to_device", "to_numpy", "unregister_backend",
+    "generator", "get_seed", "get_state", "host_generator", "seed", "set_state",
+]

@@ -1,0 +1,53 @@
+"""Sequential: a chain of layers that is itself a layer."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from ..backend import Array
+from ..layers.base import Layer
+
+
+class Sequential(Layer):
+    """Applies layers in order; ``backward`` runs them in reverse.
+
+    Parameters are named ``"<index>.<name>"`` (``"0.weight"``), like PyTorch.
+    """
+
+    def __init__(self, layers: Iterable[Layer] = ()) -> None:
+        super().__init__()
+        self.layers: list[Layer] = []
+        for layer in layers:
+            self.add(layer)
+
+    def add(self, layer: Layer) -> "Sequential":
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential.add: expected a Layer, got {type(layer).__name__}")
+        layer.train(self.training)
+        self.layers.append(layer)
+        return self
+
+    def children(self) -> list[Layer]:
+        return self.layers
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, index: int) -> Layer:
+        return self.layers[index]
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def forward(self, x: Array) -> Array:
+        for i, layer in enumerate(self.layers):
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy: Array) -> Array:
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def __repr__(self) -> str:
+        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"

@@ -1,0 +1,19 @@
+"""The layer library. Every layer: ``forward(x)``, ``backward(dy)``, ``parameters()``,
+``train()`` / ``eval()``, ``to(device)``, ``astype(dtype)``."""
+from .activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .base import Layer, Parameter
+from .conv import Conv1D, Conv2D
+from .dense import Dense
+from .dropout import Dropout, Dropout2d
+from .normalization import BatchNorm1d, BatchNorm2d
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .reshape import Flatten
+from .residual import Residual
+
+__all__ = [
+    "Layer", "Parameter", "Conv2D", "Conv1D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
+    "Flatten", "Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout",
+    "Dropout2d", "BatchNorm1d", "BatchNorm2d", "Residual",
+]
+
+LAYER_TYPES = {name: globals()[name] for name in __all__ if name not in ("Layer", "Parameter")}

@@ -1,0 +1,112 @@
+"""Elementwise activations and Softmax; any input shape, float32 or float64."""
+from __future__ import annotations
+
+from ..backend import Array, get_array_module
+from .base import Layer, describe
+
+
+class _Activation(Layer):
+    """Caches one array (input or output) and checks dy against it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache = None
+
+    def _check_x(self, x: Array):
+        if not hasattr(x, "dtype") or x.dtype.kind != "f":
+            raise TypeError(f"{self!r}: expected a floating-point array, got {describe(x)}")
+        return get_array_module(x)
+
+    def _cached(self, dy: Array) -> Array:
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward()")
+        if tuple(dy.shape) != tuple(self._cache.shape):
+            raise ValueError(f"{self!r}: backward expected dy of shape "
+                             f"{tuple(self._cache.shape)}, got {tuple(dy.shape)}")
+        return self._cache
+
+
+class ReLU(_Activation):
+    """max(x, 0)."""
+
+    def forward(self, x: Array) -> Array:
+        xp = self._check_x(x)
+        y = xp.maximum(x, 0)
+        self._cache = y
+        return y
+
+    def backward(self, dy: Array) -> Array:
+        y = self._cached(dy)
+        return dy * (y > 0)
+
+
+class LeakyReLU(_Activation):
+    """x if x > 0 else negative_slope * x."""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def config(self) -> dict:
+        return {"negative_slope": self.negative_slope}
+
+    def forward(self, x: Array) -> Array:
+        xp = self._check_x(x)
+        self._cache = x
+        return xp.where(x > 0, x, x * self.negative_slope)
+
+    def backward(self, dy: Array) -> Array:
+        x = self._cached(dy)
+        xp = get_array_module(dy)
+        return xp.where(x > 0, dy, dy * self.negative_slope)
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)), computed without overflow for large |x|."""
+
+    def forward(self, x: Array) -> Array:
+        xp = self._check_x(x)
+        e = xp.exp(-xp.abs(x))
+        y = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        self._cache = y
+        return y
+
+    def backward(self, dy: Array) -> Array:
+        y = self._cached(dy)
+        return dy * y * (1 - y)
+
+
+class Tanh(_Activation):
+    def forward(self, x: Array) -> Array:
+        xp = self._check_x(x)
+        y = xp.tanh(x)
+        self._cache = y
+        return y
+
+    def backward(self, dy: Array) -> Array:
+        y = self._cached(dy)
+        return dy * (1 - y * y)
+
+
+class Softmax(_Activation):
+    """exp(x) / sum(exp(x)) along ``axis`` (max-shifted, so large logits are safe)."""
+
+    def __init__(self, axis: int = -1) -> None:
+        super().__init__()
+        self.axis = int(axis)
+
+    def config(self) -> dict:
+        return {"axis": self.axis}
+
+    def forward(self, x: Array) -> Array:
+        xp = self._check_x(x)
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"{self!r}: axis {self.axis} is out of range for input shape {x.shape}")
+        e = xp.exp(x - x.max(axis=self.axis, keepdims=True))
+        y = e / e.sum(axis=self.axis, keepdims=True)
+        self._cache = y
+        return y
+
+    def backward(self, dy: Array) -> Array:
+        y = self._cached(dy)
+        return y * (dy - (dy * y).sum(axis=self.axis, keepdims=True))

@@ -1,0 +1,226 @@
+"""Parameter and Layer: the contract every layer follows.
+
+A layer's ``forward(x)`` returns ``y`` and remembers what its backward pass
+needs; ``backward(dy)`` returns ``dx`` and *adds* into each parameter's
+``.grad``. The array module ``xp`` always comes from the layer's parameters
+or inputs (``gpuconv.backend.get_array_module``), never from a global, so a
+CPU model and a GPU model can live in one process.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Iterator
+
+import numpy
+
+from ..backend import Array, Device, device_of, get_array_module, get_device, to_device
+
+
+class Parameter:
+    """A learnable array ``data`` with its gradient ``grad`` (same shape, dtype, device)."""
+
+    __slots__ = ("data", "grad", "name")
+
+    def __init__(self, data: Array, name: str = "") -> None:
+        self.data = data
+        self.grad = get_array_module(data).zeros_like(data)
+        self.name = name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    def zero_grad(self) -> None:
+        self.grad.fill(0)
+
+    def to(self, device: "str | Device") -> "Parameter":
+        self.data = to_device(self.data, device)
+        self.grad = to_device(self.grad, device)
+        return self
+
+    def astype(self, dtype: Any) -> "Parameter":
+        self.data = self.data.astype(dtype)
+        self.grad = self.grad.astype(dtype)
+        return self
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name or '?'}, shape={self.shape}, dtype={self.data.dtype})"
+
+
+def describe(array: Any) -> str:
+    """Short description of an array for error messages."""
+    shape = getattr(array, "shape", None)
+    dtype = getattr(array, "dtype", None)
+    return f"{type(array).__module__}.{type(array).__name__} shape={shape} dtype={dtype}"
+
+
+class Layer:
+    """Base class of all layers.
+
+    Subclasses implement ``forward``/``backward``; register learnable arrays
+    as :class:`Parameter` attributes (see :meth:`parameters`) and
+    non-learnable state (BatchNorm running statistics) by listing their
+    attribute names in ``_buffer_names``. ``config()`` returns the keyword
+    arguments that rebuild the layer (used for saving models).
+    """
+
+    _buffer_names: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.training = True
+
+    # ---- to be implemented by subclasses -----------------------------------
+    def forward(self, x: Array) -> Array:
+        raise NotImplementedError
+
+    def backward(self, dy: Array) -> Array:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """Constructor keyword arguments (JSON-serialisable) that rebuild this layer."""
+        return {}
+
+    # ---- shared machinery ---------------------------------------------------
+    def __call__(self, x: Array) -> Array:
+        return self.forward(x)
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def children(self) -> list["Layer"]:
+        """Sub-layers (for containers); leaf layers have none."""
+        return []
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for attr, value in vars(self).items():
+            if isinstance(value, Parameter):
+                yield prefix + attr, value
+        for i, child in enumerate(self.children()):
+            yield from child.named_parameters(f"{prefix}{i}.")
+
+    def parameters(self) -> list[Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
+        for attr in self._buffer_names:
+            yield prefix + attr, getattr(self, attr)
+        for i, child in enumerate(self.children()):
+            yield from child.named_buffers(f"{prefix}{i}.")
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.zero_grad()
+
+    def train(self, mode: bool = True) -> "Layer":
+        self.training = mode
+        for child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> "Layer":
+        return self.train(False)
+
+    def _map_arrays(self, fn) -> None:
+        for attr, value in vars(self).items():
+            if isinstance(value, Parameter):
+                value.data = fn(value.data)
+                value.grad = fn(value.grad)
+        for attr in self._buffer_names:
+            setattr(self, attr, fn(getattr(self, attr)))
+        self.clear_cache()
+        for child in self.children():
+            child._map_arrays(fn)
+
+    def to(self, device: "str | Device") -> "Layer":
+        """Move parameters and buffers to ``device`` ("cpu", "cuda:0", ...); returns self."""
+        target = get_device(device)
+        self._map_arrays(lambda a: to_device(a, target))
+        return self
+
+    def astype(self, dtype: Any) -> "Layer":
+        """Cast parameters and buffers to a floating dtype (float32 or float64)."""
+        dtype = numpy.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"{self.name}.astype: expected a floating dtype, got {dtype}")
+        self._map_arrays(lambda a: a.astype(dtype, copy=False))
+        return self
+
+    def clear_cache(self) -> None:
+        """Drop arrays remembered for the backward pass (frees memory)."""
+        for attr in [a for a in vars(self) if a.startswith("_cache")]:
+            setattr(self, attr, None)
+        for child in self.children():
+            child.clear_cache()
+
+    @property
+    def device(self) -> Device | None:
+        for p in self.parameters():
+            return device_of(p.data)
+        for _, b in self.named_buffers():
+            return device_of(b)
+        return None
+
+    @property
+    def dtype(self) -> numpy.dtype | None:
+        for p in self.parameters():
+            return p.data.dtype
+        return None
+
+    def state_dict(self) -> dict[str, Array]:
+        """Parameters and buffers by dotted name (arrays on the layer's device)."""
+        state = {name: p.data for name, p in self.named_parameters()}
+        state.update(dict(self.named_buffers()))
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy arrays into parameters/buffers (host or device arrays accepted).
+
+        Raises KeyError for missing/unexpected names and ValueError for shape
+        mismatches, naming the entry.
+        """
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"{self.name}.load_state_dict: missing {missing}, unexpected {unexpected}")
+        for key, current in own.items():
+            value = state[key]
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(f"{self.name}.load_state_dict: {key!r} expects shape "
+                                 f"{tuple(current.shape)}, got {tuple(value.shape)}")
+            current[...] = to_device(value, device_of(current)).astype(current.dtype, copy=False)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{self.name}({args})"
+
+    # ---- input checks shared by layers --------------------------------------
+    def _check_input(self, x: Array, ndim: int, channels: int | None = None,
+                     layout: str = "") -> ModuleType:
+        """Validate ``x`` against this layer's parameters; return its ``xp``.
+
+        Raises ValueError for a wrong rank or channel count and TypeError
+        when ``x`` lives on another device or has another dtype than the
+        layer's parameters.
+        """
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) != ndim:
+            raise ValueError(f"{self!r}: expected a {ndim}-D input {layout}, "
+                             f"got {describe(x)}")
+        if channels is not None and shape[1] != channels:
+            raise ValueError(f"{self!r}: expected input shape {layout} with "
+                             f"{channels} channels/features on axis 1, got shape {tuple(shape)}")
+        params = self.parameters()
+        if params:
+            p = params[0].data
+            try:
+                xp = get_array_module(x, p)
+            except TypeError:
+                raise TypeError(f"{self!r}: input is {describe(x)} but the parameters are "
+                                f"{describe(p)}; move the input or the layer with .to(device)") from None
+            if x.dtype != p.dtype:
+                raise TypeError(f"{self!r}: input dtype {x.dtype} does not match parameter "
+                                f"dtype {p.dtype}; cast with .astype() first")
+            return xp
+        return get_array_module(x)

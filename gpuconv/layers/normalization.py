@@ -1,0 +1,110 @@
+"""Batch normalisation over (N, C) and (N, C, H, W), with PyTorch's running statistics."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy
+
+from ..backend import Array
+from .base import Layer, Parameter
+from .conv import positive_int_tuple
+
+
+class _BatchNorm(Layer):
+    """Normalise each channel over the batch (and spatial) axes.
+
+    Training: batch mean and biased variance normalise ``x``; ``running_mean``
+    and ``running_var`` move towards the batch mean and the *unbiased*
+    variance with ``momentum`` (PyTorch's rule). Eval: the running statistics
+    normalise. ``weight`` (gamma, init 1) and ``bias`` (beta, init 0) are
+    learnable; the running statistics are buffers, never optimised.
+    """
+
+    _buffer_names = ("running_mean", "running_var")
+    _ndim = 0
+    _layout = ""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, *,
+                 dtype: Any = "float32") -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.num_features = positive_int_tuple(num_features, 1, "num_features", name)[0]
+        if not eps > 0:
+            raise ValueError(f"{name}: eps must be > 0, got {eps!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{name}: momentum must be in [0, 1], got {momentum!r}")
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        dtype = numpy.dtype(dtype)
+        self.weight = Parameter(numpy.ones(self.num_features, dtype=dtype), "weight")
+        self.bias = Parameter(numpy.zeros(self.num_features, dtype=dtype), "bias")
+        self.running_mean = numpy.zeros(self.num_features, dtype=dtype)
+        self.running_var = numpy.ones(self.num_features, dtype=dtype)
+        self._cache = None
+
+    def config(self) -> dict:
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+
+    def _axes_and_shape(self, x: Array) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Reduction axes and the broadcast shape of per-channel vectors."""
+        if x.ndim == 2:
+            return (0,), (1, -1)
+        return (0, 2, 3), (1, -1, 1, 1)
+
+    def forward(self, x: Array) -> Array:
+        xp = self._check_input(x, self._ndim, self.num_features, self._layout)
+        axes, bshape = self._axes_and_shape(x)
+        count = x.size // self.num_features
+        if self.training:
+            if count < 2:
+                raise ValueError(f"{self!r}: training needs more than one value per channel "
+                                 f"to compute a variance, got input shape {tuple(x.shape)}")
+            mean = x.mean(axis=axes)
+            centered = x - mean.reshape(bshape)
+            var = (centered * centered).mean(axis=axes)
+            m = self.momentum
+            self.running_mean *= 1 - m
+            self.running_mean += m * mean
+            self.running_var *= 1 - m
+            self.running_var += (m * count / (count - 1)) * var
+        else:
+            mean, var = self.running_mean, self.running_var
+            centered = x - mean.reshape(bshape)
+        inv_std = 1 / xp.sqrt(var + self.eps)
+        x_hat = centered * inv_std.reshape(bshape)
+        self._cache = (x_hat, inv_std, self.training)
+        return x_hat * self.weight.data.reshape(bshape) + self.bias.data.reshape(bshape)
+
+    def backward(self, dy: Array) -> Array:
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward()")
+        x_hat, inv_std, used_batch_stats = self._cache
+        if tuple(dy.shape) != tuple(x_hat.shape):
+            raise ValueError(f"{self!r}: backward expected dy of shape {tuple(x_hat.shape)}, "
+                             f"got {tuple(dy.shape)}")
+        axes, bshape = self._axes_and_shape(dy)
+        dbeta = dy.sum(axis=axes)
+        dgamma = (dy * x_hat).sum(axis=axes)
+        self.weight.grad += dgamma
+        self.bias.grad += dbeta
+        scale = (self.weight.data * inv_std).reshape(bshape)
+        if not used_batch_stats:  # running statistics are constants
+            return dy * scale
+        count = dy.size // self.num_features
+        # d/dx of gamma * (x - mean) / std with mean and var taken from x itself
+        return scale * (dy - (dbeta / count).reshape(bshape)
+                        - x_hat * (dgamma / count).reshape(bshape))
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm of x (N, C): statistics over the batch axis."""
+
+    _ndim = 2
+    _layout = "(N, C)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm of x (N, C, H, W): statistics over N, H and W per channel."""
+
+    _ndim = 4
+    _layout = "(N, C, H, W)"

@@ -1,0 +1,1 @@
+"""Array kernels shared by layers: im2col/col2im, convolution, pooling."""

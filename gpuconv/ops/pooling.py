@@ -1,0 +1,93 @@
+"""Max and average pooling over (N, C, H, W), vectorised over kernel offsets.
+
+Max pooling pads with -inf (a zero pad would win over all-negative windows)
+and records, per output pixel, the index of the *first* maximum in the
+window in row-major kernel order -- PyTorch's tie rule, which matters after
+ReLU where whole windows are 0. The index is local to the window (uint8
+when the window has at most 255 elements), never a flat index into x.
+"""
+from __future__ import annotations
+
+from ..backend import Array, get_array_module
+from .im2col import Pair, Padding, output_size, pad2d, unpad2d, windows
+
+
+def pooled_size(x_shape: tuple[int, ...], kernel: Pair, stride: Pair,
+                padding: Padding) -> Pair:
+    h, w = x_shape[-2:]
+    return (output_size(h, kernel[0], stride[0], padding[0], padding[1], 1),
+            output_size(w, kernel[1], stride[1], padding[2], padding[3], 1))
+
+
+def _is_tiling(x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Padding) -> bool:
+    """True when windows tile the input exactly: no overlap, no padding, nothing left over."""
+    h, w = x_shape[-2:]
+    return (tuple(kernel) == tuple(stride) and not any(padding)
+            and h % kernel[0] == 0 and w % kernel[1] == 0)
+
+
+def max_pool2d_forward(x: Array, kernel: Pair, stride: Pair, padding: Padding) -> tuple[Array, Array]:
+    """``(y, argmax)``: y (N, C, OH, OW) and the window-local argmax (same shape)."""
+    xp = get_array_module(x)
+    out_hw = pooled_size(x.shape, kernel, stride, padding)
+    index_dtype = xp.uint8 if kernel[0] * kernel[1] <= 255 else xp.int32
+    xpad = pad2d(x, padding, value=-float("inf"))
+    y = argmax = None
+    for i, j, view in windows(xpad, kernel, stride, (1, 1), out_hw):
+        if y is None:
+            y = view.copy()
+            argmax = xp.zeros(y.shape, dtype=index_dtype)
+            continue
+        better = view > y  # strict: keeps the first maximum on ties
+        xp.copyto(y, view, where=better)
+        argmax[better] = i * kernel[1] + j
+    return y, argmax
+
+
+def max_pool2d_backward(dy: Array, argmax: Array, x_shape: tuple[int, ...], kernel: Pair,
+                        stride: Pair, padding: Padding) -> Array:
+    """Route ``dy`` (N, C, OH, OW) to the argmax position of each window; returns dx."""
+    xp = get_array_module(dy)
+    n, c, h, w = x_shape
+    out_hw = dy.shape[-2:]
+    zero = xp.zeros((), dtype=dy.dtype)
+    if _is_tiling(x_shape, kernel, stride, padding):
+        # every input pixel is in exactly one window: assign, no zero-fill, no +=
+        dx = xp.empty(x_shape, dtype=dy.dtype)
+        for i, j, view in windows(dx, kernel, stride, (1, 1), out_hw):
+            view[...] = xp.where(argmax == i * kernel[1] + j, dy, zero)
+        return dx
+    top, bottom, left, right = padding
+    dxpad = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=dy.dtype)
+    for i, j, view in windows(dxpad, kernel, stride, (1, 1), out_hw):
+        view += xp.where(argmax == i * kernel[1] + j, dy, zero)
+    return xp.ascontiguousarray(unpad2d(dxpad, padding))
+
+
+def avg_pool2d_forward(x: Array, kernel: Pair, stride: Pair, padding: Padding) -> Array:
+    """Window means, zero padding counted in the divisor (PyTorch's default)."""
+    xp = get_array_module(x)
+    out_hw = pooled_size(x.shape, kernel, stride, padding)
+    xpad = pad2d(x, padding)
+    y = xp.zeros(x.shape[:2] + out_hw, dtype=x.dtype)
+    for _, _, view in windows(xpad, kernel, stride, (1, 1), out_hw):
+        y += view
+    y *= 1.0 / (kernel[0] * kernel[1])
+    return y
+
+
+def avg_pool2d_backward(dy: Array, x_shape: tuple[int, ...], kernel: Pair, stride: Pair,
+                        padding: Padding) -> Array:
+    xp = get_array_module(dy)
+    n, c, h, w = x_shape
+    share = dy * (1.0 / (kernel[0] * kernel[1]))
+    if _is_tiling(x_shape, kernel, stride, padding):
+        dx = xp.empty(x_shape, dtype=dy.dtype)
+        for _, _, view in windows(dx, kernel, stride, (1, 1), dy.shape[-2:]):
+            view[...] = share
+        return dx
+    top, bottom, left, right = padding
+    dxpad = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=dy.dtype)
+    for _, _, view in windows(dxpad, kernel, stride, (1, 1), dy.shape[-2:]):
+        view += share
+    return xp.ascontiguousarray(unpad2d(dxpad, padding))
