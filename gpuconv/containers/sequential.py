@@ -39,7 +39,7 @@ class Sequential(Layer):
         return iter(self.layers)
 
     def forward(self, x: Array) -> Array:
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers:
             x = layer.forward(x)
         return x
 
