@@ -1,8 +1,20 @@
-"""gpuconv: a from-scratch CNN framework on NumPy (CPU) and CuPy (NVIDIA GPU)."""
+"""gpuconv: a from-scratch CNN framework on NumPy (CPU) and CuPy (NVIDIA GPU).
+
+Package layout follows the dependency direction (each part imports only
+from parts before it): ``backend`` -> ``ops`` -> ``layers`` -> ``containers``
+-> ``training`` -> ``data`` -> ``cli`` / ``bench``. The public short names
+``gpuconv.init``, ``gpuconv.losses``, ``gpuconv.optim``, ``gpuconv.metrics``
+and ``gpuconv.datasets`` are aliases of the modules inside those parts.
+"""
+import sys as _sys
+
 from . import backend, layers
 from .backend import get_device, seed
 from .containers import Sequential
+from .layers import init
+
+_sys.modules[__name__ + ".init"] = init
 
 __version__ = "0.1.0"
 
-__all__ = ["backend", "layers", "Sequential", "get_device", "seed", "__version__"]
+__all__ = ["backend", "layers", "init", "Sequential", "get_device", "seed", "__version__"]
