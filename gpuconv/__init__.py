@@ -12,9 +12,16 @@ from . import backend, layers
 from .backend import get_device, seed
 from .containers import Sequential
 from .layers import init
+from .training import losses, metrics, optim
+from .training.optim import lr_scheduler as _lr_scheduler
 
 _sys.modules[__name__ + ".init"] = init
+_sys.modules[__name__ + ".losses"] = losses
+_sys.modules[__name__ + ".metrics"] = metrics
+_sys.modules[__name__ + ".optim"] = optim
+_sys.modules[__name__ + ".optim.lr_scheduler"] = _lr_scheduler
 
 __version__ = "0.1.0"
 
-__all__ = ["backend", "layers", "init", "Sequential", "get_device", "seed", "__version__"]
+__all__ = ["backend", "layers", "init", "losses", "metrics", "optim", "Sequential",
+           "get_device", "seed", "__version__"]
