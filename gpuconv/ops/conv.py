@@ -1,39 +1,83 @@
-"""2-D convolution (cross-correlation, like PyTorch) as im2col + one GEMM."""
+"""2-D convolution (cross-correlation, like PyTorch) as im2col + one GEMM.
+
+Two column layouts feed the same GEMM:
+
+- ``"rows"`` (:mod:`.im2col_rows`, stride 1 only): long contiguous copies;
+  each output row is computed at padded width and cropped.
+- ``"windows"`` (:mod:`.im2col`, any stride): exact (OH, OW) columns.
+
+``method="auto"`` uses "rows" for stride 1 and "windows" otherwise. Both are
+kept and tested against each other.
+"""
 from __future__ import annotations
 
 from ..backend import Array, get_array_module
 from .im2col import Pair, Padding, col2im, im2col
+from .im2col_rows import col2im_rows, im2col_rows, row_geometry
+
+METHODS = ("auto", "rows", "windows")
+
+
+def resolve_method(method: str, stride: Pair) -> str:
+    if method not in METHODS:
+        raise ValueError(f"conv2d: method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        return "rows" if tuple(stride) == (1, 1) else "windows"
+    if method == "rows" and tuple(stride) != (1, 1):
+        raise ValueError(f"conv2d: method 'rows' needs stride (1, 1), got {tuple(stride)}")
+    return method
 
 
 def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
-                   padding: Padding, dilation: Pair) -> tuple[Array, Array]:
+                   padding: Padding, dilation: Pair, method: str = "auto") -> tuple[Array, Array]:
     """``y`` (N, O, OH, OW) for ``x`` (N, C, H, W) and ``weight`` (O, C, KH, KW).
 
-    Returns ``(y, cols)``; ``cols`` (C, KH, KW, N, OH, OW) is what the
-    backward pass needs.
+    Returns ``(y, cols)``; ``cols`` is what :func:`conv2d_backward` needs
+    (pass it the same ``method``).
     """
     xp = get_array_module(x, weight)
     n = x.shape[0]
     out_channels = weight.shape[0]
-    cols = im2col(x, weight.shape[2:], stride, padding, dilation)
-    oh, ow = cols.shape[-2:]
-    y = weight.reshape(out_channels, -1) @ cols.reshape(-1, n * oh * ow)  # (O, N*OH*OW)
+    kernel = weight.shape[2:]
+    method = resolve_method(method, stride)
+    if method == "rows":
+        cols = im2col_rows(x, kernel, padding, dilation)
+        _, wp, oh, ow, _ = row_geometry(x.shape, kernel, padding, dilation)
+    else:
+        cols = im2col(x, kernel, stride, padding, dilation)
+        oh, ow = cols.shape[-2:]
+        wp = ow
+    y_mat = weight.reshape(out_channels, -1) @ cols.reshape(-1, n * oh * wp)
+    # crop the padded-width rows, go back to (N, O, OH, OW) and add the bias in one pass
+    y_view = y_mat.reshape(out_channels, n, oh, wp)[..., :ow].transpose(1, 0, 2, 3)
+    y = xp.empty((n, out_channels, oh, ow), dtype=y_mat.dtype)
     if bias is not None:
-        y += bias[:, None]
-    y = y.reshape(out_channels, n, oh, ow).transpose(1, 0, 2, 3)
-    return xp.ascontiguousarray(y), cols
+        xp.add(y_view, bias.reshape(1, -1, 1, 1), out=y)
+    else:
+        y[...] = y_view
+    return y, cols
 
 
 def conv2d_backward(dy: Array, cols: Array, weight: Array, x_shape: tuple[int, int, int, int],
-                    stride: Pair, padding: Padding, dilation: Pair,
-                    need_bias: bool) -> tuple[Array, Array, Array | None]:
+                    stride: Pair, padding: Padding, dilation: Pair, need_bias: bool,
+                    method: str = "auto") -> tuple[Array, Array, Array | None]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` given ``dy`` (N, O, OH, OW)."""
     xp = get_array_module(dy, weight)
-    out_channels = weight.shape[0]
-    dy_mat = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(out_channels, -1)
-    cols_mat = cols.reshape(-1, dy_mat.shape[1])
-    dweight = (dy_mat @ cols_mat.T).reshape(weight.shape)
+    n, out_channels, oh, ow = dy.shape
+    kernel = weight.shape[2:]
+    method = resolve_method(method, stride)
+    wp = row_geometry(x_shape, kernel, padding, dilation)[1] if method == "rows" else ow
+    # dy as (O, N, OH, Wp); the cropped columns get zeros so they add nothing below
+    dy_mat = xp.empty((out_channels, n, oh, wp), dtype=dy.dtype)
+    dy_mat[..., :ow] = dy.transpose(1, 0, 2, 3)
+    if wp > ow:
+        dy_mat[..., ow:] = 0
+    dy_mat = dy_mat.reshape(out_channels, -1)
+    dweight = (dy_mat @ cols.reshape(-1, dy_mat.shape[1]).T).reshape(weight.shape)
     dbias = dy_mat.sum(axis=1) if need_bias else None
-    dcols = weight.reshape(out_channels, -1).T @ dy_mat
-    dx = col2im(dcols.reshape(cols.shape), x_shape, weight.shape[2:], stride, padding, dilation)
+    dcols = (weight.reshape(out_channels, -1).T @ dy_mat).reshape(cols.shape)
+    if method == "rows":
+        dx = col2im_rows(dcols, x_shape, kernel, padding, dilation)
+    else:
+        dx = col2im(dcols, x_shape, kernel, stride, padding, dilation)
     return dx, dweight, dbias

@@ -26,21 +26,41 @@ def _is_tiling(x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pa
             and h % kernel[0] == 0 and w % kernel[1] == 0)
 
 
+def _stacked_windows(x: Array, kernel: Pair, stride: Pair, padding: Padding,
+                     fill: float) -> Array:
+    """Every window element as a contiguous slab: (KH*KW, N, C, OH, OW).
+
+    One strided copy per kernel offset; everything after works on
+    contiguous slabs, which NumPy processes several times faster than the
+    short strided rows of the window views.
+    """
+    xp = get_array_module(x)
+    out_hw = pooled_size(x.shape, kernel, stride, padding)
+    if _is_tiling(x.shape, kernel, stride, padding):  # one transposing copy does it all
+        n, c = x.shape[:2]
+        tiles = x.reshape(n, c, out_hw[0], kernel[0], out_hw[1], kernel[1])
+        return xp.ascontiguousarray(tiles.transpose(3, 5, 0, 1, 2, 4)).reshape(
+            (kernel[0] * kernel[1], n, c) + out_hw)
+    stack = xp.empty((kernel[0] * kernel[1],) + tuple(x.shape[:2]) + out_hw, dtype=x.dtype)
+    for i, j, view in windows(pad2d(x, padding, fill), kernel, stride, (1, 1), out_hw):
+        stack[i * kernel[1] + j] = view
+    return stack
+
+
 def max_pool2d_forward(x: Array, kernel: Pair, stride: Pair, padding: Padding) -> tuple[Array, Array]:
     """``(y, argmax)``: y (N, C, OH, OW) and the window-local argmax (same shape)."""
     xp = get_array_module(x)
-    out_hw = pooled_size(x.shape, kernel, stride, padding)
-    index_dtype = xp.uint8 if kernel[0] * kernel[1] <= 255 else xp.int32
-    xpad = pad2d(x, padding, value=-float("inf"))
-    y = argmax = None
-    for i, j, view in windows(xpad, kernel, stride, (1, 1), out_hw):
-        if y is None:
-            y = view.copy()
-            argmax = xp.zeros(y.shape, dtype=index_dtype)
-            continue
-        better = view > y  # strict: keeps the first maximum on ties
-        xp.copyto(y, view, where=better)
-        argmax[better] = i * kernel[1] + j
+    stack = _stacked_windows(x, kernel, stride, padding, -float("inf"))
+    y = stack.max(axis=0)
+    size = stack.shape[0]
+    index_dtype = xp.uint8 if size <= 255 else xp.int32
+    # argmax = number of window elements before the first maximum (PyTorch's tie rule);
+    # counting with boolean adds is far cheaper than masked writes
+    before_first_max = stack[0] != y
+    argmax = before_first_max.astype(index_dtype)
+    for k in range(1, size - 1):
+        before_first_max &= stack[k] != y
+        argmax += before_first_max
     return y, argmax
 
 
@@ -50,17 +70,16 @@ def max_pool2d_backward(dy: Array, argmax: Array, x_shape: tuple[int, ...], kern
     xp = get_array_module(dy)
     n, c, h, w = x_shape
     out_hw = dy.shape[-2:]
-    zero = xp.zeros((), dtype=dy.dtype)
     if _is_tiling(x_shape, kernel, stride, padding):
-        # every input pixel is in exactly one window: assign, no zero-fill, no +=
+        # every input pixel is in exactly one window: write, no zero-fill, no +=
         dx = xp.empty(x_shape, dtype=dy.dtype)
         for i, j, view in windows(dx, kernel, stride, (1, 1), out_hw):
-            view[...] = xp.where(argmax == i * kernel[1] + j, dy, zero)
+            xp.multiply(dy, argmax == i * kernel[1] + j, out=view)
         return dx
     top, bottom, left, right = padding
     dxpad = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=dy.dtype)
     for i, j, view in windows(dxpad, kernel, stride, (1, 1), out_hw):
-        view += xp.where(argmax == i * kernel[1] + j, dy, zero)
+        view += dy * (argmax == i * kernel[1] + j)
     return xp.ascontiguousarray(unpad2d(dxpad, padding))
 
 

@@ -1,0 +1,77 @@
+"""Row-run im2col for stride-1 convolutions: long contiguous copies instead of short rows.
+
+The padded input is stored per (channel, image) as one flat run of
+``Hp * Wp`` pixels (plus a small tail margin). For stride 1, the pixels that
+kernel offset (i, j) sees for *all* output positions are then one contiguous
+run of ``OH * Wp`` values starting at ``i*dh*Wp + j*dw``: every output row
+is computed at full padded width ``Wp`` and the ``Wp - OW`` extra columns at
+the end of each row are dropped afterwards. Copying C*N long runs is several
+times faster than copying C*N*OH short rows of OW values (the general
+:func:`gpuconv.ops.im2col.im2col`), at the cost of ``Wp / OW`` more columns.
+
+Columns are ``(C, KH, KW, N, OH * Wp)``; flattened, ``(C*KH*KW, N*OH*Wp)``.
+"""
+from __future__ import annotations
+
+from ..backend import Array, get_array_module
+from .im2col import Pair, Padding
+
+
+def row_geometry(x_shape: tuple[int, ...], kernel: Pair, padding: Padding,
+                 dilation: Pair) -> tuple[int, int, int, int, int]:
+    """``(Hp, Wp, OH, OW, margin)`` of a stride-1 window over (N, C, H, W)."""
+    _, _, h, w = x_shape
+    top, bottom, left, right = padding
+    hp, wp = h + top + bottom, w + left + right
+    oh = hp - dilation[0] * (kernel[0] - 1)
+    ow = wp - dilation[1] * (kernel[1] - 1)
+    margin = dilation[1] * (kernel[1] - 1)  # the last run overhangs by this much
+    return hp, wp, oh, ow, margin
+
+
+def _padded_runs(x: Array, padding: Padding, margin: int) -> Array:
+    """x (N, C, H, W) zero-padded into (C, N, Hp*Wp + margin)."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    top, bottom, left, right = padding
+    hp, wp = h + top + bottom, w + left + right
+    runs = xp.zeros((c, n, hp * wp + margin), dtype=x.dtype)
+    image = runs[:, :, :hp * wp].reshape(c, n, hp, wp)
+    image[:, :, top:top + h, left:left + w] = x.transpose(1, 0, 2, 3)
+    return runs
+
+
+def im2col_rows(x: Array, kernel: Pair, padding: Padding, dilation: Pair) -> Array:
+    """Stride-1 columns of x (N, C, H, W): array (C, KH, KW, N, OH*Wp), dtype of x."""
+    xp = get_array_module(x)
+    n, c = x.shape[:2]
+    hp, wp, oh, ow, margin = row_geometry(x.shape, kernel, padding, dilation)
+    runs = _padded_runs(x, padding, margin)
+    length = oh * wp
+    cols = xp.empty((c, kernel[0], kernel[1], n, length), dtype=x.dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            start = i * dilation[0] * wp + j * dilation[1]
+            cols[:, i, j] = runs[:, :, start:start + length]
+    return cols
+
+
+def col2im_rows(cols: Array, x_shape: tuple[int, int, int, int], kernel: Pair,
+                padding: Padding, dilation: Pair) -> Array:
+    """Adjoint of :func:`im2col_rows`: (C, KH, KW, N, OH*Wp) -> dx (N, C, H, W).
+
+    Entries of ``cols`` in the dropped columns must be zero (they are when
+    they come from ``W.T @ dy`` with zero-filled dropped columns of dy).
+    """
+    xp = get_array_module(cols)
+    n, c, h, w = x_shape
+    top, bottom, left, right = padding
+    hp, wp, oh, ow, margin = row_geometry(x_shape, kernel, padding, dilation)
+    length = oh * wp
+    runs = xp.zeros((c, n, hp * wp + margin), dtype=cols.dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            start = i * dilation[0] * wp + j * dilation[1]
+            runs[:, :, start:start + length] += cols[:, i, j]
+    image = runs[:, :, :hp * wp].reshape(c, n, hp, wp)
+    return xp.ascontiguousarray(image[:, :, top:top + h, left:left + w].transpose(1, 0, 2, 3))
