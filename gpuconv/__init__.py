@@ -10,10 +10,11 @@ import sys as _sys
 
 from . import backend, layers
 from .backend import get_device, seed
-from .containers import Sequential
 from .layers import init
 from .training import losses, metrics, optim
+from .training.model import Sequential
 from .training.optim import lr_scheduler as _lr_scheduler
+from .training.serialization import load_model
 
 _sys.modules[__name__ + ".init"] = init
 _sys.modules[__name__ + ".losses"] = losses
@@ -24,4 +25,4 @@ _sys.modules[__name__ + ".optim.lr_scheduler"] = _lr_scheduler
 __version__ = "0.1.0"
 
 __all__ = ["backend", "layers", "init", "losses", "metrics", "optim", "Sequential",
-           "get_device", "seed", "__version__"]
+           "load_model", "get_device", "seed", "__version__"]

@@ -1,0 +1,141 @@
+"""Training checkpoints: everything needed to continue a run bit-identically.
+
+One .npz archive, written atomically (temporary file in the same directory,
+fsync, ``os.replace``), with no pickles:
+
+- ``"architecture"``, ``"param/<name>"``, ``"buffer/<name>"``: the model, exactly
+  as :func:`gpuconv.training.serialization.save_model` writes it (so
+  ``load_model`` can also read a checkpoint's model);
+- ``"checkpoint"``: JSON (1-D uint8) with ``format``, ``version``, ``epoch``
+  (number of completed epochs), ``lr``, the optimizer's and scheduler's
+  ``state_dict()``, the RNG states (``gpuconv.backend.get_state()``), the
+  history records and ``extra`` (loader/callback state, interruption info);
+  arrays inside those trees are stored as ``"state/<i>"`` entries.
+
+Note: ``gpuconv.backend.get_state()`` snapshots the host and CPU generators;
+CuPy generator states are not part of it, so GPU runs that draw random
+numbers on the device (dropout) resume reproducibly but not bit-identically.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy
+
+from ..backend import get_state
+from ..layers.base import Layer
+from .npzfile import atomic_savez, json_array, pack_tree, read_json, read_npz, unpack_tree
+from .serialization import ARCHITECTURE_KEY, check_model_arrays, model_arrays, model_spec
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "save_checkpoint",
+           "load_checkpoint", "restore_model"]
+
+CHECKPOINT_FORMAT = "gpuconv-checkpoint"
+CHECKPOINT_VERSION = 1
+META_KEY = "checkpoint"
+STATE_PREFIX = "state/"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint (all arrays on the host). ``arrays`` holds the raw
+    entries (model arrays included); ``epoch`` is the number of completed epochs."""
+
+    path: str
+    epoch: int
+    lr: float | None
+    optimizer_state: Any
+    scheduler_state: Any
+    rng_state: dict
+    history: list[dict]
+    extra: dict
+    arrays: dict[str, numpy.ndarray] = field(repr=False)
+
+    @property
+    def architecture(self) -> dict:
+        return read_json(self.arrays[ARCHITECTURE_KEY], f"{self.path}: architecture")
+
+
+def save_checkpoint(path: "str | os.PathLike", model: Layer, optimizer: Any = None,
+                    scheduler: Any = None, epoch: int = 0, history: Any = None,
+                    extra: dict | None = None) -> None:
+    """Write a training checkpoint to ``path`` atomically (``path`` used as given).
+
+    ``epoch``: number of completed epochs (training resumes at ``epoch + 1``).
+    ``optimizer``/``scheduler``: objects with ``state_dict()`` (or None).
+    ``history``: a :class:`~gpuconv.training.callbacks.History`, a list of
+    per-epoch dicts, or None. ``extra``: a dict of JSON-able values and
+    arrays (e.g. ``{"loader": loader.state_dict()}``). RNG states are taken
+    from ``gpuconv.backend.get_state()`` at the time of the call.
+    """
+    arrays = model_arrays(model)
+    arrays[ARCHITECTURE_KEY] = json_array(model_spec(model))
+    records = getattr(history, "records", history) or []
+    state_arrays: dict[str, numpy.ndarray] = {}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "epoch": int(epoch),
+        "lr": None if optimizer is None or getattr(optimizer, "lr", None) is None
+        else float(optimizer.lr),
+        "optimizer": pack_tree(None if optimizer is None else optimizer.state_dict(),
+                               STATE_PREFIX, state_arrays, "optimizer"),
+        "scheduler": pack_tree(None if scheduler is None else scheduler.state_dict(),
+                               STATE_PREFIX, state_arrays, "scheduler"),
+        "rng": pack_tree(get_state(), STATE_PREFIX, state_arrays, "rng"),
+        "history": pack_tree(list(records), STATE_PREFIX, state_arrays, "history"),
+        "extra": pack_tree(dict(extra or {}), STATE_PREFIX, state_arrays, "extra"),
+    }
+    arrays.update(state_arrays)
+    arrays[META_KEY] = json_array(meta)
+    atomic_savez(path, arrays)
+
+
+def load_checkpoint(path: "str | os.PathLike") -> Checkpoint:
+    """Read a checkpoint safely (no pickles). All arrays stay host numpy arrays
+    (``optimizer.load_state_dict`` and ``model.load_state_dict`` move them to
+    the parameters' devices). Raises FileNotFoundError or ValueError naming
+    the file and entry."""
+    path = os.fspath(path)
+    arrays = read_npz(path, "checkpoint")
+    if META_KEY not in arrays:
+        raise ValueError(f"{path}: no {META_KEY!r} entry; not a gpuconv training checkpoint")
+    meta = read_json(arrays[META_KEY], f"{path}: entry {META_KEY!r}")
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a gpuconv training checkpoint (format "
+                         f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: unsupported checkpoint version {meta.get('version')!r}")
+    allowed = {ARCHITECTURE_KEY, META_KEY}
+    extra_keys = sorted(k for k in arrays if k not in allowed
+                        and not k.startswith(("param/", "buffer/", STATE_PREFIX)))
+    if extra_keys:
+        raise ValueError(f"{path}: unexpected entries {extra_keys} in a checkpoint")
+    if not isinstance(meta.get("epoch"), int) or meta["epoch"] < 0:
+        raise ValueError(f"{path}: invalid epoch {meta.get('epoch')!r}")
+
+    def unpack(key: str) -> Any:
+        return unpack_tree(meta.get(key), arrays, None, f"{path}: {key}")
+
+    return Checkpoint(path=path, epoch=meta["epoch"], lr=meta.get("lr"),
+                      optimizer_state=unpack("optimizer"), scheduler_state=unpack("scheduler"),
+                      rng_state=unpack("rng"), history=unpack("history") or [],
+                      extra=unpack("extra") or {}, arrays=arrays)
+
+
+def restore_model(checkpoint: Checkpoint, model: Layer) -> None:
+    """Copy the checkpoint's parameters and buffers into ``model`` (any device).
+
+    The architecture must match: parameter/buffer names, shapes and dtypes are
+    checked (ValueError naming the checkpoint file and entry otherwise).
+    """
+    saved = checkpoint.architecture
+    current = json.loads(json.dumps(model_spec(model)["layers"]))  # JSON-normalised
+    if saved.get("layers") != current:
+        raise ValueError(f"{checkpoint.path}: the checkpoint's architecture differs from "
+                         "the model's; build the same model to resume")
+    state = check_model_arrays(model, checkpoint.arrays, checkpoint.path)
+    model.load_state_dict(state)

@@ -1,0 +1,306 @@
+"""The training loop: ``fit``, ``evaluate`` and ``predict`` for a Sequential model.
+
+Host<->device syncs: a training step queues forward, loss, backward and the
+optimizer update and reads nothing back. Loss values and correct counts are
+collected on the device (:class:`~gpuconv.training.stats.EpochStats`) and read
+at progress-bar refreshes (every 0.5 s, only with ``verbose=1``) and once at
+the end of each epoch; ``evaluate`` reads once at its end.
+
+NaN/Inf losses (``nan_policy``):
+
+- ``'raise'`` (default): detected at the next sync point (bar refresh or
+  epoch end) without a per-step sync; raises FloatingPointError naming the
+  epoch and the first bad step. Updates made between that step and the sync
+  point have already been applied (the weights are usually non-finite by
+  then), so do not continue training the model after this error.
+- ``'skip'``: the loss is read *before* each update (one small sync per
+  step: the price of being able to skip); a non-finite batch gets no
+  backward pass and no optimizer step and is counted in ``logs["skipped"]``
+  and ``History.skipped_batches``. BatchNorm running statistics were already
+  updated by that batch's forward pass; a per-batch scheduler still steps.
+
+Epochs are numbered from 1; ``fit(epochs=E)`` trains up to epoch ``E`` in
+total, so resuming a checkpoint of epoch ``k`` trains epochs ``k+1 .. E``.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from typing import Any, Iterable, Sequence
+
+from ..backend import Array, Device, device_of, get_array_module, get_device, set_state, to_numpy
+from ..layers.base import Layer
+from .batches import ArrayBatches, bind_device, check_batch
+from .callbacks import Callback, CallbackList, History
+from .checkpoint import load_checkpoint, restore_model, save_checkpoint
+from .modes import evaluating
+from .progress import EpochProgress
+from .stats import EpochStats, correct_count
+
+__all__ = ["fit", "evaluate", "predict", "ArrayBatches", "NAN_POLICIES"]
+
+NAN_POLICIES = ("raise", "skip")
+
+
+def model_device(model: Layer) -> Device:
+    """The device of the model's parameters/buffers (the CPU for a model without any)."""
+    return model.device or get_device("cpu")
+
+
+def _unpack(batch: Any, where: str) -> tuple[Array, Array]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(f"{where}: data must yield (x, y) pairs, got {type(batch).__name__}"
+                        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+    return batch[0], batch[1]
+
+
+def _length(data: Any) -> int | None:
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def _takes_metric(scheduler: Any) -> bool:
+    """True for schedulers whose ``step`` needs a metric (ReduceLROnPlateau.step(metric))."""
+    try:
+        params = inspect.signature(scheduler.step).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is inspect.Parameter.empty
+               and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+def _nan_error(epoch: int, stats: EpochStats) -> FloatingPointError:
+    return FloatingPointError(
+        f"fit: non-finite training loss ({stats.first_bad_value}) at epoch {epoch}, step "
+        f"{stats.first_bad_step}; training stopped (weights updated after that step may be "
+        "non-finite). Lower the learning rate, check the data, clip gradients, or pass "
+        "nan_policy='skip' to skip such batches.")
+
+
+def _lr(optimizer: Any) -> float | None:
+    lr = getattr(optimizer, "lr", None)
+    return None if lr is None else float(lr)
+
+
+class _Run:
+    """State of one ``fit`` call (keeps ``fit`` itself readable)."""
+
+    def __init__(self, model, train_data, epochs, optimizer, loss, val_data, callbacks,
+                 scheduler, verbose, nan_policy, checkpoint_path) -> None:
+        self.model, self.epochs, self.optimizer, self.loss = model, epochs, optimizer, loss
+        self.device = model_device(model)
+        self.train_data = bind_device(train_data, self.device)
+        self.val_data = None if val_data is None else bind_device(val_data, self.device)
+        self.callbacks = CallbackList(callbacks, model)
+        self.scheduler = scheduler
+        self.per_batch = bool(getattr(scheduler, "per_batch", False))
+        self.verbose = verbose
+        self.skip = nan_policy == "skip"
+        self.checkpoint_path = checkpoint_path
+        self.history = History()
+        self.completed = 0         # epochs completed (checkpoint "epoch")
+        self.position = (0, 0)     # (epoch, step) in progress, for interruption reports
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def resume(self, path: "str | os.PathLike") -> None:
+        ckpt = load_checkpoint(path)
+        restore_model(ckpt, self.model)
+        if ckpt.optimizer_state is not None:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        if self.scheduler is not None and ckpt.scheduler_state is not None:
+            self.scheduler.load_state_dict(ckpt.scheduler_state)
+        if ckpt.lr is not None and hasattr(self.optimizer, "lr"):
+            self.optimizer.lr = ckpt.lr
+        loader_state = ckpt.extra.get("loader")
+        if loader_state is not None and hasattr(self.train_data, "load_state_dict"):
+            self.train_data.load_state_dict(loader_state)
+        self.callbacks.load_state_dict(ckpt.extra.get("callbacks") or {})
+        set_state(ckpt.rng_state)
+        self.history = History(ckpt.history)
+        self.completed = ckpt.epoch
+
+    def save(self, interrupted: bool = False) -> None:
+        extra: dict[str, Any] = {"callbacks": self.callbacks.state_dict(), "epochs": self.epochs}
+        if hasattr(self.train_data, "state_dict"):
+            extra["loader"] = self.train_data.state_dict()
+        if interrupted:
+            extra["interrupted"] = {"epoch": self.position[0], "step": self.position[1]}
+        save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler,
+                        self.completed, self.history, extra)
+
+    # ---- one epoch ---------------------------------------------------------------------
+    def train_epoch(self, epoch: int, stats: EpochStats, progress: EpochProgress) -> int:
+        """Run the optimisation steps of one epoch; returns the number of skipped batches."""
+        model, optimizer, loss = self.model, self.optimizer, self.loss
+        model.train()
+        skipped = 0
+        for step, batch in enumerate(self.train_data, 1):
+            self.position = (epoch, step)
+            where = f"fit (epoch {epoch}, step {step})"
+            x, y = _unpack(batch, where)
+            check_batch(x, y, self.device, where)
+            optimizer.zero_grad()
+            pred = model.forward(x)
+            value = loss.forward(pred, y)
+            if self.skip and not bool(to_numpy(get_array_module(value).isfinite(value))):
+                skipped += 1  # per-step sync: only in 'skip' mode
+                model.clear_cache()
+            else:
+                correct = correct_count(pred, y)
+                model.backward(loss.backward())
+                optimizer.step()
+                stats.add(value, correct, x.shape[0])
+                self.callbacks.on_batch_end(step, {"size": int(x.shape[0]), "loss": value})
+            if self.per_batch:
+                self.scheduler.step()
+            progress.step()
+            if stats.first_bad_step is not None:
+                raise _nan_error(epoch, stats)
+        stats.sync()
+        if stats.first_bad_step is not None:
+            raise _nan_error(epoch, stats)
+        return skipped
+
+    def run_epoch(self, epoch: int) -> dict:
+        start = time.perf_counter()
+        if hasattr(self.train_data, "set_epoch"):
+            self.train_data.set_epoch(epoch)
+        self.callbacks.on_epoch_begin(epoch)
+        stats = EpochStats()
+        progress = EpochProgress(epoch, self.epochs, _length(self.train_data), stats,
+                                 self.verbose)
+        logs = None
+        try:
+            lr = _lr(self.optimizer)
+            skipped = self.train_epoch(epoch, stats, progress)
+            train_time = time.perf_counter() - start
+            if stats.steps == 0 and skipped == 0:
+                raise ValueError(f"fit: the training data yielded no batches in epoch {epoch}")
+            logs = {"epoch": epoch, "loss": stats.loss, "accuracy": stats.accuracy,
+                    "val_loss": None, "val_accuracy": None, "lr": lr, "time": None,
+                    "images_per_s": stats.samples / train_time if train_time > 0 else None,
+                    "skipped": skipped}
+            if self.val_data is not None:
+                val = evaluate(self.model, self.val_data, self.loss)
+                logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
+            if self.scheduler is not None and not self.per_batch:
+                if _takes_metric(self.scheduler):
+                    metric = logs["val_loss"] if logs["val_loss"] is not None else logs["loss"]
+                    self.scheduler.step(metric)
+                else:
+                    self.scheduler.step()
+            logs["time"] = time.perf_counter() - start
+        finally:
+            progress.close(logs)
+        return logs
+
+    def run(self) -> History:
+        model = self.model
+        model.stop_training = False
+        model.history = self.history
+        self.callbacks.on_train_begin()
+        try:
+            for epoch in range(self.completed + 1, self.epochs + 1):
+                logs = self.run_epoch(epoch)
+                self.history.append(logs)
+                self.callbacks.on_epoch_end(epoch, logs)
+                self.completed = epoch
+                if self.checkpoint_path is not None:
+                    self.save()
+                if model.stop_training:
+                    break
+        except KeyboardInterrupt:
+            if self.checkpoint_path is not None:
+                self.save(interrupted=True)
+            raise
+        self.callbacks.on_train_end({"history": self.history})
+        model.clear_cache()
+        return self.history
+
+
+def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: Any,
+        val_data: Iterable | None = None, callbacks: Sequence[Callback] = (),
+        scheduler: Any = None, verbose: int = 1,
+        resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
+        checkpoint_path: "str | os.PathLike | None" = None) -> History:
+    """Train ``model`` (see :meth:`gpuconv.training.model.Sequential.fit`)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"fit: nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
+    for name, obj, methods in (("optimizer", optimizer, ("step", "zero_grad")),
+                               ("loss", loss, ("forward", "backward"))):
+        missing = [m for m in methods if not callable(getattr(obj, m, None))]
+        if missing:
+            raise TypeError(f"fit: {name} {obj!r} lacks {missing}")
+    if isinstance(train_data, (tuple, list)) and len(train_data) == 2 and \
+            not isinstance(train_data[0], (tuple, list)):
+        raise TypeError("fit: train_data must be an iterable of (x, y) batches, not an "
+                        "(x, y) pair; wrap arrays in gpuconv.training.loop.ArrayBatches(x, y, "
+                        "batch_size)")
+    model._fit_loss = loss
+    run = _Run(model, train_data, epochs, optimizer, loss, val_data, callbacks, scheduler,
+               verbose, nan_policy, None if checkpoint_path is None else os.fspath(checkpoint_path))
+    if resume_from is not None:
+        run.resume(resume_from)
+    return run.run()
+
+
+def evaluate(model: Layer, data: Iterable, loss: Any = None) -> dict:
+    """Mean loss and accuracy of ``model`` over ``data`` in eval mode.
+
+    ``data`` yields (x, y) batches on the model's device (or is an
+    ArrayBatches). ``loss``: a loss object; None uses the loss of the last
+    ``fit`` (if any). Returns ``{"loss": float | None, "accuracy": float |
+    None, "samples": int}`` (None where not applicable). Reads the device once.
+    Layer modes are restored and caches cleared afterwards.
+    """
+    loss = loss if loss is not None else getattr(model, "_fit_loss", None)
+    device = model_device(model)
+    data = bind_device(data, device)
+    stats = EpochStats()
+    with evaluating(model):
+        for step, batch in enumerate(data, 1):
+            where = f"evaluate (step {step})"
+            x, y = _unpack(batch, where)
+            check_batch(x, y, device, where)
+            pred = model.forward(x)
+            value = None if loss is None else loss.forward(pred, y)
+            stats.add(value, correct_count(pred, y), x.shape[0])
+    stats.sync()
+    if stats.steps == 0:
+        raise ValueError("evaluate: the data yielded no batches")
+    return {"loss": stats.loss, "accuracy": stats.accuracy, "samples": stats.samples}
+
+
+def predict(model: Layer, x: Array, batch_size: int = 256) -> Array:
+    """Outputs of ``model`` for inputs ``x`` (N, ...), in eval mode, ``batch_size`` at a time.
+
+    ``x`` must be an array on the model's device (TypeError otherwise) with the
+    model's dtype. Returns one device array (N, ...) of outputs. Layer modes are
+    restored and caches cleared afterwards. No host sync.
+    """
+    device = model_device(model)
+    try:
+        x_device = device_of(x)
+    except TypeError:
+        raise TypeError(f"predict: x must be an array on {device}, got "
+                        f"{type(x).__module__}.{type(x).__name__}") from None
+    if x_device != device:
+        raise TypeError(f"predict: x is on {x_device} but the model is on {device}; move it "
+                        "with gpuconv.backend.to_device(x, model.device)")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"predict: batch_size must be a positive int, got {batch_size!r}")
+    n = x.shape[0] if getattr(x, "ndim", 0) >= 1 else 0
+    if n == 0:
+        raise ValueError(f"predict: x must hold at least one sample, got shape "
+                         f"{getattr(x, 'shape', None)}")
+    xp = get_array_module(x)
+    with evaluating(model):
+        outputs = [model.forward(x[i:i + batch_size]) for i in range(0, n, batch_size)]
+    return outputs[0] if len(outputs) == 1 else xp.concatenate(outputs, axis=0)

@@ -1,0 +1,94 @@
+"""The trainable model: ``gpuconv.Sequential`` with fit/evaluate/predict/summary/save."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+from ..backend import Array
+from ..containers.sequential import Sequential as _Sequential
+from . import loop
+from .callbacks import Callback, History
+from .serialization import layer_spec, save_model
+from .summary import summary as _summary
+
+__all__ = ["Sequential"]
+
+
+class Sequential(_Sequential):
+    """A chain of layers that can be trained, evaluated, summarised and saved.
+
+    Attributes set by :meth:`fit`: ``history`` (the :class:`History` of the
+    last run) and ``stop_training`` (a callback sets it to True to stop after
+    the current epoch).
+    """
+
+    def __init__(self, layers: Iterable[Any] = ()) -> None:
+        super().__init__(layers)
+        self.stop_training = False
+        self.history: History | None = None
+
+    def config(self) -> dict:
+        """``{"layers": [{"type": ..., "config": ...}, ...]}`` (the saved architecture)."""
+        return {"layers": [layer_spec(layer) for layer in self.layers]}
+
+    def fit(self, train_data: Iterable, epochs: int, optimizer: Any, loss: Any,
+            val_data: Iterable | None = None, callbacks: Sequence[Callback] = (),
+            scheduler: Any = None, verbose: int = 1,
+            resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
+            checkpoint_path: "str | os.PathLike | None" = None) -> History:
+        """Train for up to ``epochs`` epochs (1-based, counting resumed ones).
+
+        - ``train_data``/``val_data``: re-iterable objects yielding ``(x, y)``
+          batches on the model's device (x: (N, ...) in the model's dtype; y:
+          (N,) int class labels or targets shaped like the output), e.g.
+          :class:`gpuconv.training.loop.ArrayBatches` or a gpuconv DataLoader.
+          ``set_epoch(epoch)`` is called on ``train_data`` before each epoch
+          if it has one; ``state_dict``/``load_state_dict`` go into checkpoints.
+          Batches on another device raise TypeError.
+        - ``optimizer``: has ``zero_grad()``, ``step()``, ``lr``,
+          ``state_dict()``/``load_state_dict()``; ``loss``: ``forward(pred,
+          y)`` -> 0-d array, ``backward()`` -> d(pred).
+        - ``scheduler``: stepped after every batch if ``scheduler.per_batch``,
+          else after each epoch (``step(metric)`` with val_loss, or the
+          training loss without val_data, for schedulers whose ``step`` takes
+          a metric, like ReduceLROnPlateau).
+        - ``verbose``: 0 silent, 1 a progress bar per epoch (loss, accuracy,
+          images/s refreshed every 0.5 s: the only per-step device read), 2
+          one line per epoch.
+        - ``nan_policy``: 'raise' (FloatingPointError naming epoch and step,
+          detected at the next sync point) or 'skip' (skip the update of
+          batches with a non-finite loss; syncs every step). See
+          :mod:`gpuconv.training.loop`.
+        - ``checkpoint_path``: write a training checkpoint there after every
+          epoch and on KeyboardInterrupt (then re-raised).
+        - ``resume_from``: a checkpoint to restore (model, optimizer,
+          scheduler, RNG, loader and callback state, history) before
+          continuing at its next epoch.
+
+        Returns the :class:`History`: per-epoch logs with ``epoch, loss,
+        accuracy, val_loss, val_accuracy, lr, time, images_per_s, skipped``.
+        """
+        return loop.fit(self, train_data, epochs, optimizer, loss, val_data=val_data,
+                        callbacks=callbacks, scheduler=scheduler, verbose=verbose,
+                        resume_from=resume_from, nan_policy=nan_policy,
+                        checkpoint_path=checkpoint_path)
+
+    def evaluate(self, data: Iterable, loss: Any = None) -> dict:
+        """``{"loss", "accuracy", "samples"}`` over ``data`` in eval mode (see
+        :func:`gpuconv.training.loop.evaluate`); ``loss=None`` reuses fit's loss."""
+        return loop.evaluate(self, data, loss)
+
+    def predict(self, x: Array, batch_size: int = 256) -> Array:
+        """Model outputs (device array (N, ...)) for ``x`` (N, ...) on the model's device,
+        in eval mode; caches are cleared afterwards."""
+        return loop.predict(self, x, batch_size)
+
+    def summary(self, input_shape: Sequence[int],
+                print_fn: Callable[[str], None] | None = print) -> str:
+        """Print and return the layer table for one sample of ``input_shape`` (no batch axis)."""
+        return _summary(self, input_shape, print_fn)
+
+    def save(self, path: "str | os.PathLike") -> None:
+        """Write architecture and weights to one .npz at ``path`` (atomic, no pickles);
+        read back with ``gpuconv.load_model``."""
+        save_model(self, path)

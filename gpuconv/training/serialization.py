@@ -1,0 +1,235 @@
+"""Saving and loading whole models: one .npz file, safe by construction.
+
+File layout (``numpy.savez``, no pickles anywhere):
+
+- ``"architecture"``: UTF-8 JSON in a 1-D uint8 array::
+
+      {"format": "gpuconv-model", "version": 1, "dtype": "float32",
+       "layers": [{"type": "Conv2D", "config": {...}}, ...]}
+
+  ``Residual`` is ``{"type": "Residual", "config": {"body": [...],
+  "shortcut": [...]}}`` and a nested ``Sequential`` is
+  ``{"type": "Sequential", "config": {"layers": [...]}}``.
+- ``"param/<name>"``: every parameter as a host array (``"param/0.weight"``).
+- ``"buffer/<name>"``: every buffer (``"buffer/1.running_mean"``).
+
+Loading rebuilds layers only from a fixed registry of known types
+(:data:`gpuconv.layers.LAYER_TYPES` plus ``Sequential``) with JSON keyword
+arguments, so a crafted file can execute nothing. Unknown types, bad configs,
+missing or extra arrays and shape/dtype mismatches raise ValueError naming
+the file and the entry. A model saved on one device loads on any other; the
+dtype (float32/float64) is kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy
+
+from ..backend import Device, get_device
+from ..containers.sequential import Sequential as _BaseSequential
+from ..layers import LAYER_TYPES
+from ..layers.base import Layer
+from ..layers.residual import Residual
+from .npzfile import atomic_savez, json_array, read_json, read_npz
+
+if TYPE_CHECKING:
+    from .model import Sequential
+
+__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "layer_spec", "model_spec", "model_arrays",
+           "build_model", "check_model_arrays", "save_model", "load_model", "registry"]
+
+MODEL_FORMAT = "gpuconv-model"
+MODEL_VERSION = 1
+ARCHITECTURE_KEY = "architecture"
+
+
+def registry() -> dict[str, type]:
+    """Layer types a file may name: ``gpuconv.layers.LAYER_TYPES`` plus ``Sequential``."""
+    from .model import Sequential  # noqa: PLC0415 - model imports this module
+
+    types = dict(LAYER_TYPES)
+    types["Sequential"] = Sequential
+    return types
+
+
+# ---- model -> JSON -------------------------------------------------------------------
+def layer_spec(layer: Layer) -> dict:
+    """``{"type": name, "config": {...}}`` for one layer (recursing into containers).
+
+    Raises TypeError for layer classes that are not in the registry (custom
+    layers cannot be saved by name, so they are refused rather than guessed).
+    """
+    if isinstance(layer, _BaseSequential):
+        return {"type": "Sequential", "config": {"layers": [layer_spec(c) for c in layer]}}
+    if isinstance(layer, Residual):
+        return {"type": "Residual",
+                "config": {"body": [layer_spec(c) for c in layer.body],
+                           "shortcut": [layer_spec(c) for c in layer.shortcut]}}
+    name = type(layer).__name__
+    if LAYER_TYPES.get(name) is not type(layer):
+        raise TypeError(f"cannot save layer {layer!r}: {type(layer).__module__}.{name} is not "
+                        f"a registered layer type (known: {sorted(registry())})")
+    config = layer.config()
+    try:
+        json.dumps(config, allow_nan=True)
+    except TypeError as exc:
+        raise TypeError(f"cannot save layer {layer!r}: its config is not JSON "
+                        f"serialisable ({exc})") from None
+    return {"type": name, "config": config}
+
+
+def _model_dtype(model: Layer) -> str:
+    dtype = model.dtype
+    return numpy.dtype(dtype).name if dtype is not None else "float32"
+
+
+def model_spec(model: _BaseSequential) -> dict:
+    """The architecture document of a Sequential model (see module docstring)."""
+    return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "dtype": _model_dtype(model),
+            "layers": [layer_spec(layer) for layer in model]}
+
+
+def model_arrays(model: Layer) -> dict[str, numpy.ndarray]:
+    """Host copies of all parameters (``"param/<name>"``) and buffers (``"buffer/<name>"``)."""
+    from ..backend import to_numpy  # noqa: PLC0415
+
+    arrays = {f"param/{name}": numpy.ascontiguousarray(to_numpy(p.data))
+              for name, p in model.named_parameters()}
+    arrays.update({f"buffer/{name}": numpy.ascontiguousarray(to_numpy(b))
+                   for name, b in model.named_buffers()})
+    return arrays
+
+
+# ---- JSON -> model -------------------------------------------------------------------
+def _build_layer(spec: Any, types: dict[str, type], where: str) -> Layer:
+    if not isinstance(spec, dict) or set(spec) - {"type", "config"} or "type" not in spec:
+        raise ValueError(f"{where}: expected {{'type': ..., 'config': {{...}}}}, got {spec!r:.200}")
+    kind, config = spec["type"], spec.get("config", {})
+    if not isinstance(kind, str) or kind not in types:
+        raise ValueError(f"{where}: unknown layer type {kind!r}; known types: {sorted(types)}")
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise ValueError(f"{where} ({kind}): config must be a JSON object, got {config!r:.200}")
+    where = f"{where} ({kind})"
+    if kind == "Sequential":
+        _only_keys(config, {"layers"}, where)
+        return types[kind](_build_list(config.get("layers", []), types, f"{where}.layers"))
+    if kind == "Residual":
+        _only_keys(config, {"body", "shortcut"}, where)
+        body = _build_list(config.get("body", []), types, f"{where}.body")
+        shortcut = _build_list(config.get("shortcut", []), types, f"{where}.shortcut")
+        try:
+            return Residual(body, shortcut or None)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    try:
+        return types[kind](**config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: invalid config {config!r:.300}: {exc}") from None
+
+
+def _only_keys(config: dict, allowed: set, where: str) -> None:
+    extra = sorted(set(config) - allowed)
+    if extra:
+        raise ValueError(f"{where}: unexpected config keys {extra}")
+
+
+def _build_list(specs: Any, types: dict[str, type], where: str) -> list[Layer]:
+    if not isinstance(specs, list):
+        raise ValueError(f"{where}: expected a list of layer specs, got {type(specs).__name__}")
+    return [_build_layer(s, types, f"{where}[{i}]") for i, s in enumerate(specs)]
+
+
+def build_model(spec: Any, where: str = "architecture") -> "Sequential":
+    """Rebuild a Sequential from :func:`model_spec` output (weights freshly initialised,
+    cast to the document's dtype; the CPU generator is advanced by the initialisers)."""
+    from .model import Sequential  # noqa: PLC0415
+
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(spec).__name__}")
+    if spec.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{where}: not a gpuconv model (format {spec.get('format')!r}, "
+                         f"expected {MODEL_FORMAT!r})")
+    if spec.get("version") != MODEL_VERSION:
+        raise ValueError(f"{where}: unsupported model format version {spec.get('version')!r} "
+                         f"(this gpuconv reads version {MODEL_VERSION})")
+    dtype = spec.get("dtype", "float32")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"{where}: dtype must be 'float32' or 'float64', got {dtype!r}")
+    model = Sequential(_build_list(spec.get("layers"), registry(), f"{where}: layers"))
+    return model.astype(dtype)
+
+
+def check_model_arrays(model: Layer, arrays: Mapping[str, numpy.ndarray], where: str,
+                       ignore: tuple[str, ...] = ()) -> dict[str, numpy.ndarray]:
+    """Validate ``param/``/``buffer/`` entries against ``model``; return its state dict.
+
+    Every parameter and buffer must be present with the model's shape and
+    dtype, and no other ``param/``/``buffer/`` entry may exist (keys listed in
+    ``ignore`` and keys without those prefixes are skipped). Raises ValueError
+    naming ``where`` and the entries.
+    """
+    expected = {f"param/{n}": p.data for n, p in model.named_parameters()}
+    expected.update({f"buffer/{n}": b for n, b in model.named_buffers()})
+    present = {k for k in arrays if k.startswith(("param/", "buffer/")) and k not in ignore}
+    missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
+    if missing or extra:
+        raise ValueError(f"{where}: arrays do not match the architecture: missing "
+                         f"{missing}, unexpected {extra}")
+    state = {}
+    for key, current in expected.items():
+        value = arrays[key]
+        if tuple(value.shape) != tuple(current.shape):
+            raise ValueError(f"{where}: entry {key!r} has shape {tuple(value.shape)} but the "
+                             f"architecture needs {tuple(current.shape)}")
+        if value.dtype != current.dtype:
+            raise ValueError(f"{where}: entry {key!r} has dtype {value.dtype} but the model "
+                             f"is {current.dtype}")
+        state[key.split("/", 1)[1]] = value
+    return state
+
+
+# ---- public API ----------------------------------------------------------------------
+def save_model(model: _BaseSequential, path: "str | os.PathLike") -> None:
+    """Write ``model`` (architecture, parameters, buffers) to ``path`` atomically.
+
+    ``path`` is used as given (``.npz`` is recommended but not appended).
+    Works from any device: arrays are copied to the host first.
+    """
+    arrays = model_arrays(model)
+    arrays[ARCHITECTURE_KEY] = json_array(model_spec(model))
+    atomic_savez(path, arrays)
+
+
+def model_from_arrays(arrays: Mapping[str, numpy.ndarray], where: str,
+                      device: "str | Device | None" = None,
+                      ignore: tuple[str, ...] = ()) -> "Sequential":
+    """Build, validate and fill a model from archive entries (used by load_model and
+    checkpoints)."""
+    if ARCHITECTURE_KEY not in arrays:
+        raise ValueError(f"{where}: no {ARCHITECTURE_KEY!r} entry; not a gpuconv model file")
+    spec = read_json(arrays[ARCHITECTURE_KEY], f"{where}: entry {ARCHITECTURE_KEY!r}")
+    model = build_model(spec, where)
+    state = check_model_arrays(model, arrays, where, ignore)
+    model.load_state_dict(state)
+    return model.to(get_device("cpu") if device is None else device)
+
+
+def load_model(path: "str | os.PathLike", device: "str | Device | None" = None) -> "Sequential":
+    """Load a model written by :func:`save_model` (or ``Sequential.save``).
+
+    ``device``: where to put it ("cpu", "cuda", a Device, ...); None means the
+    CPU, where freshly built models live. The dtype saved is kept. Raises
+    FileNotFoundError for a missing file and ValueError naming the file and
+    entry for anything unexpected (pickles/object arrays, unknown layer types,
+    bad configs, missing/extra arrays, shape or dtype mismatches).
+    """
+    path = os.fspath(path)
+    arrays = read_npz(path, "model")
+    extra = sorted(k for k in arrays
+                   if k != ARCHITECTURE_KEY and not k.startswith(("param/", "buffer/")))
+    if extra:
+        raise ValueError(f"{path}: unexpected entries {extra} in a model file")
+    return model_from_arrays(arrays, path, device)
