@@ -10,6 +10,7 @@ import sys as _sys
 
 from . import backend, layers
 from .backend import get_device, seed
+from .data import datasets
 from .layers import init
 from .training import losses, metrics, optim
 from .training.model import Sequential
@@ -17,6 +18,7 @@ from .training.optim import lr_scheduler as _lr_scheduler
 from .training.serialization import load_model
 
 _sys.modules[__name__ + ".init"] = init
+_sys.modules[__name__ + ".datasets"] = datasets
 _sys.modules[__name__ + ".losses"] = losses
 _sys.modules[__name__ + ".metrics"] = metrics
 _sys.modules[__name__ + ".optim"] = optim
@@ -24,5 +26,5 @@ _sys.modules[__name__ + ".optim.lr_scheduler"] = _lr_scheduler
 
 __version__ = "0.1.0"
 
-__all__ = ["backend", "layers", "init", "losses", "metrics", "optim", "Sequential",
+__all__ = ["backend", "layers", "init", "datasets", "losses", "metrics", "optim", "Sequential",
            "load_model", "get_device", "seed", "__version__"]
