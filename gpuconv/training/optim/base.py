@@ -112,7 +112,21 @@ class Optimizer:
         kind = config.pop("type", type(self).__name__)
         if kind != type(self).__name__:
             raise ValueError(f"{type(self).__name__}.load_state_dict: state is from a {kind}")
-        arrays = state_dict.get("state", {})
+        previous = self.config()
+        previous.pop("type")
+        for key, value in config.items():
+            self._set_config(key, value)
+        try:
+            new_state = self._state_from_host(state_dict.get("state", {}))
+        except ValueError:
+            for key, value in previous.items():
+                self._set_config(key, value)
+            raise
+        self.state = new_state
+        self._fresh = [set() for _ in self.params]
+        self.step_count = int(state_dict.get("step", 0))
+
+    def _state_from_host(self, arrays: dict) -> list[dict[str, Array]]:
         new_state: list[dict[str, Array]] = [{} for _ in self.params]
         for key, value in arrays.items():
             index, _, name = key.partition(".")
@@ -126,11 +140,7 @@ class Optimizer:
                                  f"{tuple(value.shape)}, parameter {index} has {p.shape}")
             new_state[int(index)][name] = to_device(
                 numpy.asarray(value).astype(p.data.dtype), device_of(p.data))
-        for key, value in config.items():
-            self._set_config(key, value)
-        self.state = new_state
-        self._fresh = [set() for _ in self.params]
-        self.step_count = int(state_dict.get("step", 0))
+        return new_state
 
     def __repr__(self) -> str:
         cfg = self.config()
