@@ -28,14 +28,15 @@ import numpy
 from ..backend import get_state
 from ..layers.base import Layer
 from .npzfile import atomic_savez, json_array, pack_tree, read_json, read_npz, unpack_tree
-from .serialization import ARCHITECTURE_KEY, check_model_arrays, model_arrays, model_spec
+from .serialization import (ARCHITECTURE_KEY, CHECKPOINT_KEY, check_model_arrays, model_arrays,
+                            model_spec)
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "save_checkpoint",
            "load_checkpoint", "restore_model"]
 
 CHECKPOINT_FORMAT = "gpuconv-checkpoint"
 CHECKPOINT_VERSION = 1
-META_KEY = "checkpoint"
+META_KEY = CHECKPOINT_KEY
 STATE_PREFIX = "state/"
 
 

@@ -14,7 +14,10 @@ from typing import Any, TextIO
 
 from .stats import EpochStats
 
-__all__ = ["EpochProgress", "format_logs"]
+__all__ = ["EpochProgress", "format_logs", "REFRESH_INTERVAL"]
+
+REFRESH_INTERVAL = 0.5
+"""Seconds between progress-bar refreshes (each one reads the running values)."""
 
 
 def _fmt(value: Any) -> str:
@@ -36,11 +39,12 @@ class EpochProgress:
     """Progress of one epoch: ``step(n)`` after every batch, ``close(logs)`` at the end."""
 
     def __init__(self, epoch: int, epochs: int, total: int | None, stats: EpochStats,
-                 verbose: int = 1, interval: float = 0.5, file: TextIO | None = None) -> None:
+                 verbose: int = 1, interval: float | None = None,
+                 file: TextIO | None = None) -> None:
         self.epoch, self.epochs = epoch, epochs
         self.stats = stats
         self.verbose = verbose
-        self.interval = float(interval)
+        self.interval = float(REFRESH_INTERVAL if interval is None else interval)
         self.file = file
         self.start = time.perf_counter()
         self._last = self.start

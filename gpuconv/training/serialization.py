@@ -44,6 +44,7 @@ __all__ = ["MODEL_FORMAT", "MODEL_VERSION", "layer_spec", "model_spec", "model_a
 MODEL_FORMAT = "gpuconv-model"
 MODEL_VERSION = 1
 ARCHITECTURE_KEY = "architecture"
+CHECKPOINT_KEY = "checkpoint"  # the metadata entry of training checkpoints (checkpoint.py)
 
 
 def registry() -> dict[str, type]:
@@ -218,7 +219,8 @@ def model_from_arrays(arrays: Mapping[str, numpy.ndarray], where: str,
 
 
 def load_model(path: "str | os.PathLike", device: "str | Device | None" = None) -> "Sequential":
-    """Load a model written by :func:`save_model` (or ``Sequential.save``).
+    """Load a model written by :func:`save_model` (or ``Sequential.save``), or the
+    model inside a training checkpoint (:func:`gpuconv.training.checkpoint.save_checkpoint`).
 
     ``device``: where to put it ("cpu", "cuda", a Device, ...); None means the
     CPU, where freshly built models live. The dtype saved is kept. Raises
@@ -228,8 +230,11 @@ def load_model(path: "str | os.PathLike", device: "str | Device | None" = None) 
     """
     path = os.fspath(path)
     arrays = read_npz(path, "model")
+    # a training checkpoint holds the model too, plus its "checkpoint"/"state/" entries
+    is_checkpoint = CHECKPOINT_KEY in arrays
     extra = sorted(k for k in arrays
-                   if k != ARCHITECTURE_KEY and not k.startswith(("param/", "buffer/")))
+                   if k != ARCHITECTURE_KEY and not k.startswith(("param/", "buffer/"))
+                   and not (is_checkpoint and (k == CHECKPOINT_KEY or k.startswith("state/"))))
     if extra:
         raise ValueError(f"{path}: unexpected entries {extra} in a model file")
     return model_from_arrays(arrays, path, device)
