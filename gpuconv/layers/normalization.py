@@ -45,35 +45,38 @@ class _BatchNorm(Layer):
     def config(self) -> dict:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
 
-    def _axes_and_shape(self, x: Array) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Reduction axes and the broadcast shape of per-channel vectors."""
+    def _axes_and_shape(self, x: Array) -> tuple[tuple[int, ...], tuple[int, ...], str]:
+        """Reduction axes, the broadcast shape of per-channel vectors, and the
+        einsum spec of a per-channel sum of products (no temporary array)."""
         if x.ndim == 2:
-            return (0,), (1, -1)
-        return (0, 2, 3), (1, -1, 1, 1)
+            return (0,), (1, -1), "nc,nc->c"
+        return (0, 2, 3), (1, -1, 1, 1), "nchw,nchw->c"
 
     def forward(self, x: Array) -> Array:
         xp = self._check_input(x, self._ndim, self.num_features, self._layout)
-        axes, bshape = self._axes_and_shape(x)
+        axes, bshape, dot_spec = self._axes_and_shape(x)
         count = x.size // self.num_features
         if self.training:
             if count < 2:
                 raise ValueError(f"{self!r}: training needs more than one value per channel "
                                  f"to compute a variance, got input shape {tuple(x.shape)}")
             mean = x.mean(axis=axes)
-            centered = x - mean.reshape(bshape)
-            var = (centered * centered).mean(axis=axes)
+            x_hat = x - mean.reshape(bshape)
+            var = xp.einsum(dot_spec, x_hat, x_hat) / count  # two-pass: exact for large means
             m = self.momentum
             self.running_mean *= 1 - m
             self.running_mean += m * mean
             self.running_var *= 1 - m
             self.running_var += (m * count / (count - 1)) * var
         else:
-            mean, var = self.running_mean, self.running_var
-            centered = x - mean.reshape(bshape)
+            var = self.running_var
+            x_hat = x - self.running_mean.reshape(bshape)
         inv_std = 1 / xp.sqrt(var + self.eps)
-        x_hat = centered * inv_std.reshape(bshape)
+        x_hat *= inv_std.reshape(bshape)
         self._cache = (x_hat, inv_std, self.training)
-        return x_hat * self.weight.data.reshape(bshape) + self.bias.data.reshape(bshape)
+        y = x_hat * self.weight.data.reshape(bshape)
+        y += self.bias.data.reshape(bshape)
+        return y
 
     def backward(self, dy: Array) -> Array:
         if self._cache is None:
@@ -82,18 +85,23 @@ class _BatchNorm(Layer):
         if tuple(dy.shape) != tuple(x_hat.shape):
             raise ValueError(f"{self!r}: backward expected dy of shape {tuple(x_hat.shape)}, "
                              f"got {tuple(dy.shape)}")
-        axes, bshape = self._axes_and_shape(dy)
+        xp = self._check_input(dy, self._ndim, self.num_features, self._layout)
+        axes, bshape, dot_spec = self._axes_and_shape(dy)
         dbeta = dy.sum(axis=axes)
-        dgamma = (dy * x_hat).sum(axis=axes)
+        dgamma = xp.einsum(dot_spec, dy, x_hat)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
-        scale = (self.weight.data * inv_std).reshape(bshape)
+        scale = self.weight.data * inv_std
         if not used_batch_stats:  # running statistics are constants
-            return dy * scale
+            return dy * scale.reshape(bshape)
         count = dy.size // self.num_features
-        # d/dx of gamma * (x - mean) / std with mean and var taken from x itself
-        return scale * (dy - (dbeta / count).reshape(bshape)
-                        - x_hat * (dgamma / count).reshape(bshape))
+        # d/dx of gamma * (x - mean) / std when mean and var come from x itself:
+        # scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)), in four passes
+        dx = x_hat * (dgamma * (-1.0 / count)).reshape(bshape)
+        dx += dy
+        dx -= (dbeta * (1.0 / count)).reshape(bshape)
+        dx *= scale.reshape(bshape)
+        return dx
 
 
 class BatchNorm1d(_BatchNorm):
