@@ -148,6 +148,8 @@ class CIFAR10(ArrayDataset):
                         else type(data).__name__)
                 raise CorruptDatasetError(f"{path}: 'data' must be a uint8 (N, {_PIXELS}) "
                                           f"array, got {desc}")
+            if data.shape[0] == 0:
+                raise CorruptDatasetError(f"{path}: holds no images")
             try:
                 labs = numpy.asarray(labs)
             except Exception as exc:
@@ -158,8 +160,6 @@ class CIFAR10(ArrayDataset):
             if labs.shape[0] != data.shape[0]:
                 raise CorruptDatasetError(f"{path}: {data.shape[0]} images but "
                                           f"{labs.shape[0]} labels")
-            if data.shape[0] == 0:
-                raise CorruptDatasetError(f"{path}: holds no images")
             self._check_labels(labs, path)
             images.append(data.reshape(-1, 3, 32, 32))
             labels.append(labs.astype(numpy.int64))

@@ -3,7 +3,9 @@
 A pickle can name any importable callable and have it called while loading
 (``os.system``, ``builtins.eval``, ...). Dataset files come from the network,
 so :func:`load_pickle` resolves only the few globals needed to rebuild plain
-containers and NumPy arrays and refuses every other one *before* anything is
+containers and NumPy arrays (``_reconstruct``/``_frombuffer``, ``ndarray``,
+``dtype``, ``codecs.encode`` restricted to latin-1 and ``bytes()`` without
+arguments) and refuses every other one *before* anything is
 called, raising :class:`UnsafePickleError` that names the file.
 """
 from __future__ import annotations
@@ -21,6 +23,8 @@ __all__ = ["UnsafePickleError", "SafeUnpickler", "load_pickle"]
 # numpy's array reconstructor, found without importing numpy.core (deprecated
 # in NumPy 2) or numpy._core (absent in NumPy 1).
 _reconstruct = numpy.ndarray.__reduce__(numpy.zeros(1))[0]
+# protocol 5 pickles of arrays use numpy's _frombuffer(buffer, dtype, shape, order)
+_frombuffer = numpy.ndarray.__reduce_ex__(numpy.zeros(1), 5)[0]
 
 
 def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
@@ -34,13 +38,24 @@ def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") ->
     return obj.encode("latin-1")
 
 
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()``, as Python 3 pickles ``b""`` at protocol <= 2 (no arguments allowed)."""
+    if args:
+        raise pickle.UnpicklingError("bytes(...) is allowed only without arguments")
+    return b""
+
+
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("numpy", "ndarray"): numpy.ndarray,
     ("numpy", "dtype"): numpy.dtype,
     ("_codecs", "encode"): _latin1_encode,
     ("codecs", "encode"): _latin1_encode,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
