@@ -622,5 +622,6 @@ def test_real_cifar10(real_cifar_root, train, count):
                                       np.full(10, count // 10))
     np.testing.assert_array_equal(py.images, binary.images)
     np.testing.assert_array_equal(py.labels, binary.labels)
-    assert 100 < py.images.mean() < 140  # real photos, not noise or zeros
-    assert py.images.std() > 40
+    sample = py.images[::97].astype(np.float32)
+    assert 100 < sample.mean() < 140  # real photos, not noise or zeros
+    assert sample.std() > 40

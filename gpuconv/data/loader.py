@@ -266,7 +266,7 @@ class DataLoader:
             x = x.astype(self.dtype, copy=True)
             if self.augment is not None:
                 if scale_uint8:
-                    x *= 1.0 / 255.0
+                    x /= 255.0
                     scale_uint8 = False
                 x = self.augment(x)
             if self.normalize is not None:
@@ -275,7 +275,7 @@ class DataLoader:
                 x *= scale
                 x -= shift
             elif scale_uint8:
-                x *= 1.0 / 255.0
+                x /= 255.0
         return x, y
 
     def __repr__(self) -> str:
