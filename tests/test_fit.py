@@ -430,3 +430,36 @@ def test_five_adam_steps_match_torch():
              (dense.weight.data, ref[5].weight.T), (dense.bias.data, ref[5].bias)]
     for ours, theirs in pairs:
         numpy.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-5, atol=1e-12)
+
+
+# ---- host<->device syncs --------------------------------------------------------------
+
+def count_device_reads(monkeypatch) -> list:
+    """Count every device->host read of fakecupy arrays (get, bool/float/int/index/format)."""
+    import fakecupy
+
+    reads = []
+    for name in ("get", "__bool__", "__float__", "__int__", "__index__", "__format__"):
+        original = getattr(fakecupy.FakeArray, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(fakecupy.FakeArray, name, counted)
+    return reads
+
+
+@pytest.mark.parametrize("n", [32, 96])
+def test_training_step_never_reads_the_device(monkeypatch, n):
+    """verbose=0: two reads per epoch (losses, correct counts), whatever the batch count."""
+    x, y = blob_images(n)
+    model = small_cnn().to("fakecupy")
+    data = ArrayBatches(x, y, batch_size=8)
+    opt, loss = Adam(model, lr=0.01), SoftmaxCrossEntropy()
+    reads = count_device_reads(monkeypatch)
+    model.fit(data, 2, opt, loss, verbose=0)
+    assert reads == ["get"] * 4
+    del reads[:]
+    model.fit(data, 1, opt, loss, verbose=0, nan_policy="skip")  # one read per step
+    assert len(reads) == 2 + len(data)

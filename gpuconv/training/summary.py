@@ -50,7 +50,7 @@ def summary(model: Sequential, input_shape: Sequence[int],
             try:
                 x = layer.forward(x)
             except Exception as exc:
-                raise ValueError(f"summary: layer {i} ({layer!r}) failed on input shape "
+                raise ValueError(f"summary: layer {i} ({layer.name}) failed on input shape "
                                  f"{_shape(x.shape)}: {exc}") from exc
             trainable, frozen = count_parameters(layer)
             rows.append((f"{i}", layer.name, _shape(x.shape), f"{trainable + frozen:,}"))
