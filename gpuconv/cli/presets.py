@@ -1,0 +1,96 @@
+"""Model presets for the CLI: named constructors of ready-to-train CIFAR-10 networks.
+
+Every preset takes 3x32x32 images and returns a :class:`gpuconv.Sequential`
+producing ``num_classes`` logits (train with softmax cross-entropy).
+
+- ``seed-cnn`` (default): three conv blocks (32/64/128 channels, 3x3 'same',
+  BatchNorm, ReLU, 2x2 max pooling, channel dropout 0.3), then a
+  2048-512-256-``num_classes`` MLP with BatchNorm, ReLU and dropout 0.5.
+- ``tiny-cnn``: two small conv layers (16, 32 channels) and one Dense layer;
+  fast enough to train on a laptop CPU in minutes.
+- ``resnet-small``: a conv stem and three residual blocks (32, 64, 128
+  channels; stride-2 downsampling with 1x1 conv + BatchNorm shortcuts), global
+  average pooling and one Dense layer.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..layers import (BatchNorm1d, BatchNorm2d, Conv2D, Dense, Dropout, Dropout2d, Flatten,
+                      GlobalAvgPool2D, Layer, MaxPool2D, ReLU, Residual)
+from ..training.model import Sequential
+
+__all__ = ["PRESETS", "DEFAULT_PRESET", "INPUT_SHAPE", "build_preset", "seed_cnn", "tiny_cnn",
+           "resnet_small"]
+
+INPUT_SHAPE: tuple[int, int, int] = (3, 32, 32)
+"""The input shape (C, H, W) every preset expects."""
+
+
+def seed_cnn(num_classes: int = 10) -> Sequential:
+    """The seed CNN: 3 x [conv3x3 same, BN, ReLU, maxpool 2, Dropout2d 0.3] + MLP head."""
+    layers: list[Layer] = []
+    in_channels = 3
+    for channels in (32, 64, 128):
+        layers += [Conv2D(in_channels, channels, 3, padding="same"), BatchNorm2d(channels),
+                   ReLU(), MaxPool2D(2), Dropout2d(0.3)]
+        in_channels = channels
+    layers += [Flatten(),
+               Dense(128 * 4 * 4, 512), BatchNorm1d(512), ReLU(), Dropout(0.5),
+               Dense(512, 256), BatchNorm1d(256), ReLU(), Dropout(0.5),
+               Dense(256, num_classes)]
+    return Sequential(layers)
+
+
+def tiny_cnn(num_classes: int = 10) -> Sequential:
+    """A small fast CNN: conv 3->16, ReLU, pool, conv 16->32, ReLU, pool, Dense 2048->K."""
+    return Sequential([
+        Conv2D(3, 16, 3, padding="same"), ReLU(), MaxPool2D(2),
+        Conv2D(16, 32, 3, padding="same"), ReLU(), MaxPool2D(2),
+        Flatten(), Dense(32 * 8 * 8, num_classes),
+    ])
+
+
+def _res_block(in_channels: int, out_channels: int, stride: int) -> Residual:
+    """Two 3x3 conv + BN (ReLU between); 1x1 strided conv + BN shortcut when the shape changes."""
+    body = [Conv2D(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            BatchNorm2d(out_channels), ReLU(),
+            Conv2D(out_channels, out_channels, 3, padding=1, bias=False),
+            BatchNorm2d(out_channels)]
+    shortcut = None
+    if stride != 1 or in_channels != out_channels:
+        shortcut = [Conv2D(in_channels, out_channels, 1, stride=stride, bias=False),
+                    BatchNorm2d(out_channels)]
+    return Residual(body, shortcut)
+
+
+def resnet_small(num_classes: int = 10) -> Sequential:
+    """Stem conv 3->32 + BN + ReLU, residual blocks at 32/64/128 channels (the last two
+    downsample by 2), global average pooling, Dense 128->K."""
+    layers: list[Layer] = [Conv2D(3, 32, 3, padding=1, bias=False), BatchNorm2d(32), ReLU()]
+    in_channels = 32
+    for channels, stride in ((32, 1), (64, 2), (128, 2)):
+        layers += [_res_block(in_channels, channels, stride), ReLU()]
+        in_channels = channels
+    layers += [GlobalAvgPool2D(), Dense(128, num_classes)]
+    return Sequential(layers)
+
+
+PRESETS: dict[str, Callable[[int], Sequential]] = {
+    "seed-cnn": seed_cnn,
+    "tiny-cnn": tiny_cnn,
+    "resnet-small": resnet_small,
+}
+DEFAULT_PRESET = "seed-cnn"
+
+
+def build_preset(name: str, num_classes: int = 10, dtype: str = "float32") -> Sequential:
+    """Build preset ``name`` (see :data:`PRESETS`) with parameters in ``dtype`` (on the CPU)."""
+    try:
+        factory = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(PRESETS)}") from None
+    model = factory(num_classes)
+    if str(dtype) != "float32":
+        model.astype(dtype)
+    return model
