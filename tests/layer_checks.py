@@ -240,6 +240,18 @@ def _walk(layer):
         yield from _walk(child)
 
 
+def seed_cnn(dtype="float32") -> Sequential:
+    """The project's seed CNN for CIFAR-10 shaped (3, 32, 32) inputs."""
+    return Sequential([
+        Conv2D(3, 32, 3, padding="same", dtype=dtype), BatchNorm2d(32, dtype=dtype), ReLU(),
+        MaxPool2D(2),
+        Conv2D(32, 64, 3, padding="same", dtype=dtype), BatchNorm2d(64, dtype=dtype), ReLU(),
+        MaxPool2D(2),
+        Conv2D(64, 128, 3, padding="same", dtype=dtype), BatchNorm2d(128, dtype=dtype), ReLU(),
+        MaxPool2D(2),
+        Flatten(), Dense(2048, 10, dtype=dtype)])
+
+
 # ---- gradient checks --------------------------------------------------------------------
 
 def run(layer, x, dy, reseed: int | None = None):

@@ -25,7 +25,7 @@ from gpuconv.containers import Sequential
 from gpuconv.layers import (AvgPool2D, BatchNorm1d, BatchNorm2d, Conv1D, Conv2D, Dense, Dropout,
                             Dropout2d, Flatten, GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU,
                             Residual, Sigmoid, Softmax, Tanh)
-from layer_checks import tie_free
+from layer_checks import seed_cnn, tie_free
 
 RTOL = {numpy.float32: 1e-5, numpy.float64: 1e-10}
 DTYPES = [pytest.param(numpy.float32, id="f32"), pytest.param(numpy.float64, id="f64")]
@@ -465,18 +465,6 @@ def test_residual(shortcut, dtype):
     assert len(ours) == len(tparams)
     for (name, p), q, w in zip(block.named_parameters(), tparams, _weight_grads(block)):
         close(p.grad, q.grad, dtype, f"gradient of {name}", 1.0, _scale(q, w))
-
-
-def seed_cnn(dtype="float32") -> Sequential:
-    """The seed CNN of the project (CIFAR-10 shaped input)."""
-    return Sequential([
-        Conv2D(3, 32, 3, padding="same", dtype=dtype), BatchNorm2d(32, dtype=dtype), ReLU(),
-        MaxPool2D(2),
-        Conv2D(32, 64, 3, padding="same", dtype=dtype), BatchNorm2d(64, dtype=dtype), ReLU(),
-        MaxPool2D(2),
-        Conv2D(64, 128, 3, padding="same", dtype=dtype), BatchNorm2d(128, dtype=dtype), ReLU(),
-        MaxPool2D(2),
-        Flatten(), Dense(2048, 10, dtype=dtype)])
 
 
 def torch_copy(model: Sequential) -> torch.nn.Sequential:
