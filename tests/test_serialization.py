@@ -12,7 +12,7 @@ import pytest
 import gpuconv
 from gpuconv.backend import device_of, get_device, to_device, to_numpy
 from gpuconv.layers import (AvgPool2D, BatchNorm1d, BatchNorm2d, Conv2D, Dense, Dropout, Flatten,
-                            GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Residual, Layer)
+                            GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Residual)
 from gpuconv.training.npzfile import json_array, read_json
 
 

@@ -246,9 +246,10 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
     model._fit_loss = loss
     run = _Run(model, train_data, epochs, optimizer, loss, val_data, callbacks, scheduler,
                verbose, nan_policy, None if checkpoint_path is None else os.fspath(checkpoint_path))
-    if resume_from is not None:
-        run.resume(resume_from)
-    return run.run()
+    with run.device.context():  # new arrays go to the model's GPU (a no-op on the CPU)
+        if resume_from is not None:
+            run.resume(resume_from)
+        return run.run()
 
 
 def evaluate(model: Layer, data: Iterable, loss: Any = None) -> dict:
@@ -264,7 +265,7 @@ def evaluate(model: Layer, data: Iterable, loss: Any = None) -> dict:
     device = model_device(model)
     data = bind_device(data, device)
     stats = EpochStats()
-    with evaluating(model):
+    with device.context(), evaluating(model):
         for step, batch in enumerate(data, 1):
             where = f"evaluate (step {step})"
             x, y = _unpack(batch, where)
@@ -301,6 +302,6 @@ def predict(model: Layer, x: Array, batch_size: int = 256) -> Array:
         raise ValueError(f"predict: x must hold at least one sample, got shape "
                          f"{getattr(x, 'shape', None)}")
     xp = get_array_module(x)
-    with evaluating(model):
+    with device.context(), evaluating(model):
         outputs = [model.forward(x[i:i + batch_size]) for i in range(0, n, batch_size)]
-    return outputs[0] if len(outputs) == 1 else xp.concatenate(outputs, axis=0)
+        return outputs[0] if len(outputs) == 1 else xp.concatenate(outputs, axis=0)

@@ -43,9 +43,9 @@ def summary(model: Sequential, input_shape: Sequence[int],
                          f"axis, e.g. (1, 28, 28); got {tuple(input_shape)}")
     device = model.device or get_device("cpu")
     dtype = model.dtype or numpy.dtype("float32")
-    x = device.xp.zeros((1,) + shape, dtype=dtype)
     rows = []
-    with evaluating(model):
+    with device.context(), evaluating(model):
+        x = device.xp.zeros((1,) + shape, dtype=dtype)
         for i, layer in enumerate(model):
             try:
                 x = layer.forward(x)
