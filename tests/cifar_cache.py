@@ -6,14 +6,15 @@
 The build goes to ``$GPUCONV_TEST_CACHE/cifar10`` (default
 ``~/.cache/gpuconv-test/cifar10``) and is reused by later runs. It is written
 to a temporary directory first and renamed into place once complete, so an
-interrupted build never leaves a half dataset behind, and two test processes
-racing each other both end up with one complete copy.
+interrupted build never leaves a half dataset behind; a lock file makes
+concurrent test processes build it once and share it.
 
 When ``../shared`` or Pillow is missing, or the build fails, the calling test
 is skipped with the reason (``pytest.skip``).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -47,21 +48,7 @@ def _is_complete(root: Path) -> bool:
         all((root / "cifar-10-batches-bin" / n).is_file() for n in _BIN_FILES)
 
 
-def cifar10_root() -> str:
-    """Return the root of a complete real CIFAR-10 (building it if needed),
-    or skip the calling test with the reason."""
-    root = cache_dir()
-    if _is_complete(root):
-        return str(root)
-    if not MAKE_SCRIPT.is_file():
-        pytest.skip(f"real CIFAR-10 unavailable: {MAKE_SCRIPT} does not exist "
-                    "(the shared data folder is not next to the repository)")
-    try:
-        import PIL  # noqa: F401,PLC0415
-    except ImportError:
-        pytest.skip("real CIFAR-10 unavailable: building it needs Pillow (pip install pillow)")
-
-    root.parent.mkdir(parents=True, exist_ok=True)
+def _build(root: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".cifar10-build-", dir=root.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared
     try:
@@ -80,6 +67,31 @@ def cifar10_root() -> str:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cifar10_root() -> str:
+    """Return the root of a complete real CIFAR-10 (building it if needed),
+    or skip the calling test with the reason."""
+    root = cache_dir()
+    if _is_complete(root):
+        return str(root)
+    if not MAKE_SCRIPT.is_file():
+        pytest.skip(f"real CIFAR-10 unavailable: {MAKE_SCRIPT} does not exist "
+                    "(the shared data folder is not next to the repository)")
+    try:
+        import PIL  # noqa: F401,PLC0415
+    except ImportError:
+        pytest.skip("real CIFAR-10 unavailable: building it needs Pillow (pip install pillow)")
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # one builder at a time across processes; the others wait and reuse its result
+    with open(root.parent / ".cifar10.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not _is_complete(root):
+                _build(root)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     if not _is_complete(root):
         pytest.skip(f"real CIFAR-10 unavailable: build into {root} did not complete")
     return str(root)

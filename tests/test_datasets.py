@@ -367,7 +367,8 @@ def http_root(tmp_path):
     serve.mkdir(exist_ok=True)
     handler = functools.partial(_QuietHandler, directory=str(serve))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     try:
         yield serve, f"http://127.0.0.1:{server.server_address[1]}"

@@ -360,7 +360,8 @@ class RandomRotation(Augmentation):
         else:
             lo, hi = (float(v) for v in degrees)
             if lo > hi:
-                raise ValueError(f"RandomRotation: degrees range must have lo <= hi, got {degrees!r}")
+                raise ValueError(f"RandomRotation: degrees range must have lo <= hi, "
+                                 f"got {degrees!r}")
             self.degrees = (lo, hi)
         if interpolation not in ("bilinear", "nearest"):
             raise ValueError(f"RandomRotation: interpolation must be 'bilinear' or 'nearest', "

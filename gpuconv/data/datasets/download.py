@@ -5,6 +5,7 @@ import hashlib
 import os
 import posixpath
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -126,6 +127,7 @@ def download_and_extract(url: str, md5: "str | None", root: Path, archive_name: 
     root.mkdir(parents=True, exist_ok=True)
     archive = root / archive_name
     if not (archive.is_file() and (md5 is None or md5sum(archive) == md5.lower())):
+        print(f"gpuconv: downloading {url} to {archive}", file=sys.stderr)
         download_file(url, archive, md5)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
     try:
