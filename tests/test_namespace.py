@@ -17,6 +17,7 @@ it can fail.
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 import textwrap
 from dataclasses import dataclass
@@ -162,6 +163,7 @@ def missing_names(uses: list[Use]) -> list[str]:
     return problems
 
 
+@functools.lru_cache(maxsize=1)
 def scan_package() -> tuple[list[Use], list[str]]:
     uses, traps = [], []
     for path in sorted(PACKAGE.rglob("*.py")):
