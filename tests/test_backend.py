@@ -93,6 +93,9 @@ def test_get_array_module():
         get_array_module(a, f)
     with pytest.raises(TypeError, match="different devices"):
         get_array_module(f, 1.0, a)
+    # the message names the two array types that met (not a scalar or None before them)
+    with pytest.raises(TypeError, match="numpy.ndarray and fakecupy.ndarray"):
+        get_array_module(None, 2.0, a, f)
 
 
 # ---- transfers -------------------------------------------------------------------------------

@@ -214,6 +214,7 @@ def get_array_module(*arrays: Any) -> ModuleType:
     different array modules, since mixing them is always a bug.
     """
     found: Backend | None = None
+    first: Any = None
     for a in arrays:
         if a is None or isinstance(a, (int, float, bool, complex, numpy.generic)):
             continue
@@ -222,10 +223,11 @@ def get_array_module(*arrays: Any) -> ModuleType:
             continue
         if found is not None and backend is not found:
             raise TypeError(
-                f"arrays of different devices were mixed: {type(arrays[0]).__module__}."
-                f"{type(arrays[0]).__name__} and {type(a).__module__}.{type(a).__name__}; "
+                f"arrays of different devices were mixed: {type(first).__module__}."
+                f"{type(first).__name__} and {type(a).__module__}.{type(a).__name__}; "
                 "move them to one device first (gpuconv.backend.to_device)")
-        found = backend
+        if found is None:
+            found, first = backend, a
     return found.xp if found is not None else numpy
 
 
