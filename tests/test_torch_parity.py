@@ -308,7 +308,7 @@ def _activation(cfg):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cfg", _configs("activation", _act_config, 40))
+@pytest.mark.parametrize("cfg", _configs("activation", _act_config, 100))  # 20 per kind
 def test_activation(cfg, dtype):
     rng = numpy.random.default_rng(8)
     layer, fn = _activation(cfg)
@@ -588,9 +588,10 @@ def test_dropout_eval_p0_p1(cls):
     y = one.forward(x)
     assert y.dtype == x.dtype and not y.any() and numpy.isfinite(y).all()
     assert not one.backward(x).any()
-    for bad in (-0.1, 1.5):
+    for bad in (-0.1, 1.5, True, "0.5", None, float("nan")):
         with pytest.raises(ValueError):
             cls(bad)
+    assert cls(numpy.float32(0.25)).p == 0.25  # NumPy scalars are valid probabilities
 
 
 def test_dropout_is_reproducible_under_gpuconv_seed():

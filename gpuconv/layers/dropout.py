@@ -1,6 +1,8 @@
 """Inverted dropout: scale kept units by 1/(1-p) in training, identity in eval."""
 from __future__ import annotations
 
+import numbers
+
 from ..backend import Array, generator, get_array_module
 from .base import Layer, describe
 
@@ -8,7 +10,7 @@ from .base import Layer, describe
 class _DropoutBase(Layer):
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
             raise ValueError(f"{type(self).__name__}: p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
         self._cache = None
