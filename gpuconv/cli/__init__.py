@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from typing import Sequence
 
@@ -31,12 +30,12 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     ------------------------------------------------------------------------------
     """
     try:
-        if importlib.util.find_spec("gpuconv.bench") is None:
-            return
-    except (ImportError, ValueError):
-        return
-    try:
         bench = importlib.import_module("gpuconv.bench")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("gpuconv.bench", "gpuconv"):
+            return  # no bench package: no bench subcommand
+        eprint(f"gpuconv: the bench subcommand is unavailable ({exc})")
+        return
     except Exception as exc:  # a broken bench must not break train/evaluate/predict
         eprint(f"gpuconv: the bench subcommand is unavailable ({type(exc).__name__}: {exc})")
         return
