@@ -1,0 +1,100 @@
+"""Benchmarked backends and their cases; the gpuconv side (NumPy and CuPy).
+
+A :class:`Backend` is one implementation on one device ("gpuconv-numpy" on
+the CPU, "torch-cuda", ...). ``build(workload, inputs)`` returns a
+:class:`Case`: a zero-argument ``step`` that runs one repetition of the
+workload on device-resident data, plus the timer that times it. The PyTorch
+reference (``benchmarks/torch_reference.py``) returns the same objects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy
+
+from ..backend import get_device, seed, to_device
+from ..training.losses import SoftmaxCrossEntropy
+from ..training.optim import Adam
+from ..training.serialization import MODEL_FORMAT, MODEL_VERSION, build_model
+from .timing import CpuTimer, CupyPoolProbe, MemoryProbe, NullProbe, Timer, TracemallocProbe, \
+    cupy_event_timer
+from .workloads import Workload
+
+__all__ = ["Case", "Backend", "gpuconv_backend", "build_gpuconv_case", "LEARNING_RATE"]
+
+LEARNING_RATE = 1e-3  # Adam's lr in train mode (both frameworks)
+
+
+@dataclass
+class Case:
+    """One workload at one batch size, ready to run: ``timer.measure(step)`` -> seconds."""
+
+    step: Callable[[], Any]
+    timer: Timer
+    state: dict = field(default_factory=dict)  # keeps models/arrays alive; for inspection
+
+
+@dataclass
+class Backend:
+    """One benchmarked implementation on one device."""
+
+    name: str  # e.g. "gpuconv-numpy", "torch-cpu"
+    framework: str  # "gpuconv" or "torch"
+    device: str  # "cpu" or "cuda"
+    build: Callable[[Workload, dict[str, numpy.ndarray]], Case]
+    memory_probe: Callable[[], MemoryProbe] = NullProbe
+
+
+def _step_function(workload: Workload, model: Any, arrays: dict[str, Any]) -> Callable[[], Any]:
+    x = arrays["x"]
+    if workload.mode == "eval":
+        model.eval()
+        return lambda: model.forward(x)
+    model.train()
+    if workload.mode == "fwd":
+        return lambda: model.forward(x)
+    if workload.mode == "fwdbwd":
+        dy = arrays["dy"]
+
+        def forward_backward() -> Any:
+            model.forward(x)
+            return model.backward(dy)
+        return forward_backward
+    labels = arrays["labels"]
+    loss = SoftmaxCrossEntropy()
+    optimizer = Adam(model.parameters(), lr=LEARNING_RATE)
+
+    def train_step() -> Any:
+        optimizer.zero_grad()
+        loss.forward(model.forward(x), labels)
+        model.backward(loss.backward())
+        optimizer.step()
+    return train_step
+
+
+def build_gpuconv_case(workload: Workload, inputs: dict[str, numpy.ndarray], device: str,
+                       timer: Timer, dtype: str = "float32") -> Case:
+    """Build the workload's layers with gpuconv on ``device`` and copy the inputs there."""
+    seed(0)
+    model = build_model({"format": MODEL_FORMAT, "version": MODEL_VERSION, "dtype": dtype,
+                         "layers": workload.layers}, where=f"workload {workload.name}")
+    model.to(device)
+    # own copies, so the memory probe counts the inputs on every device alike
+    arrays = {k: to_device(numpy.array(v, copy=True), device) for k, v in inputs.items()}
+    return Case(_step_function(workload, model, arrays), timer, {"model": model, **arrays})
+
+
+def gpuconv_backend(device: str, dtype: str = "float32") -> Backend:
+    """gpuconv on the CPU ("gpuconv-numpy") or on CUDA ("gpuconv-cupy")."""
+    if device == "cpu":
+        return Backend("gpuconv-numpy", "gpuconv", "cpu",
+                       lambda w, inputs: build_gpuconv_case(w, inputs, "cpu", CpuTimer(), dtype),
+                       TracemallocProbe)
+    if device != "cuda":
+        raise ValueError(f"unknown benchmark device {device!r}; expected 'cpu' or 'cuda'")
+    cupy = get_device("cuda").xp
+    return Backend("gpuconv-cupy", "gpuconv", "cuda",
+                   lambda w, inputs: build_gpuconv_case(w, inputs, "cuda",
+                                                        cupy_event_timer(cupy), dtype),
+                   lambda: CupyPoolProbe(cupy))

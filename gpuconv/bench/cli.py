@@ -1,0 +1,133 @@
+"""Command line of the benchmark: ``gpuconv bench``, ``python -m gpuconv.bench`` and
+``benchmarks/run.py`` all parse the same flags and run :func:`run_command`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .harness import DEVICE_CHOICES, BenchConfig, run
+from .report import default_json_path, format_table, write_json, write_png
+from .workloads import all_workloads, select
+
+__all__ = ["DESCRIPTION", "add_arguments", "config_from_args", "run_command", "main"]
+
+DESCRIPTION = (
+    "Benchmark gpuconv's layers and the seed CNN (training step and inference) on NumPy, "
+    "on CuPy where a GPU answers, and PyTorch on the same device (loaded from "
+    "benchmarks/torch_reference.py), repetitions interleaved. Prints a table; writes JSON "
+    "(and a PNG with --png).")
+
+# (batch sizes, reps, warmup, sgemm size, sgemm reps) for each run size
+_FULL = ((64, 128, 256), 10, 2, 2048, 7)
+_QUICK = ((64,), 3, 1, 2048, 3)
+_TINY = ((2,), 5, 1, 256, 3)
+_TINY_QUICK = ((2,), 2, 1, 128, 2)
+
+
+def _int_list(values: Sequence[str]) -> list[int]:
+    out = []
+    for value in values:
+        for part in value.replace(",", " ").split():
+            try:
+                number = int(part)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not an integer: {part!r}") from None
+            if number < 1:
+                raise argparse.ArgumentTypeError(f"must be >= 1: {number}")
+            out.append(number)
+    return out
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark's flags to ``parser``."""
+    parser.add_argument("--quick", action="store_true",
+                        help="batch 64 only, 3 repetitions, 1 warm-up (about a minute on a "
+                             "2-core CPU, PyTorch included)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny layer shapes and batch 2 (a smoke test, e.g. for CI)")
+    parser.add_argument("--batch-sizes", nargs="+", metavar="N",
+                        help="batch sizes, e.g. 64,128,256 (default 64 128 256; --quick: 64)")
+    parser.add_argument("--workloads", nargs="+", metavar="PATTERN",
+                        help="only workloads whose name contains PATTERN (or matches it as a "
+                             "glob), e.g. conv seed-cnn 'dense*'; see --list")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="all",
+                        help="cpu, cuda or all (default: all available)")
+    parser.add_argument("--reps", type=_positive, help="timed repetitions per row (default 10)")
+    parser.add_argument("--warmup", type=_positive, help="warm-up runs per row (default 2)")
+    parser.add_argument("--cooldown", type=float, metavar="SECONDS",
+                        help="untimed pause before each switch of backend on the CPU, so one "
+                             "library's spinning threads do not slow the next (default 0.1)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--reference", metavar="PATH",
+                        help="the PyTorch reference file (default: benchmarks/torch_reference.py "
+                             "in the current directory or the gpuconv repository)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="where to write the JSON results "
+                             "(default bench-results/bench-<timestamp>.json)")
+    parser.add_argument("--png", metavar="PATH", help="also draw a bar chart (needs matplotlib)")
+    parser.add_argument("--peak-size", type=_positive, metavar="N",
+                        help="matrix size of the sgemm peak measurement (default 2048)")
+    parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """A :class:`BenchConfig` from parsed flags; --quick/--tiny set defaults that explicit
+    flags override. Raises argparse.ArgumentTypeError for bad lists."""
+    preset = (_TINY_QUICK if args.quick else _TINY) if args.tiny else (
+        _QUICK if args.quick else _FULL)
+    batches, reps, warmup, peak_size, peak_reps = preset
+    return BenchConfig(
+        batch_sizes=tuple(_int_list(args.batch_sizes)) if args.batch_sizes else batches,
+        reps=args.reps or reps, warmup=args.warmup or warmup, device=args.device,
+        workloads=tuple(p for w in (args.workloads or []) for p in w.split(",")),
+        tiny=args.tiny, quick=args.quick, use_torch=not args.no_torch,
+        reference=args.reference, peak_size=args.peak_size or peak_size, peak_reps=peak_reps,
+        cooldown=0.1 if args.cooldown is None else args.cooldown)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the benchmark for parsed flags: table on stdout, progress and notes on stderr.
+
+    Exit status: 0; 1 if a gpuconv row failed; 2 for invalid settings.
+    """
+    try:
+        config = config_from_args(args)
+        if args.list:
+            for w in select(all_workloads(config.tiny), config.workloads):
+                print(f"{w.name:32s} {w.description}")
+            return 0
+        report = run(config)
+    except (ValueError, RuntimeError, argparse.ArgumentTypeError) as exc:
+        print(f"gpuconv bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(report["results"]))
+    for note in report["notes"]:
+        print(f"note: {note}")
+    json_path = write_json(args.json or default_json_path(), report)
+    print(f"results written to {json_path}")
+    if args.png:
+        problem = write_png(args.png, report)
+        print(f"note: {problem}" if problem else f"chart written to {args.png}")
+    failed = [r for r in report["results"] if r["framework"] == "gpuconv" and r["error"]]
+    for row in failed:
+        print(f"error: {row['backend']} {row['workload']} batch {row['batch']}: {row['error']}",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gpuconv.bench`` / ``benchmarks/run.py``."""
+    parser = argparse.ArgumentParser(prog="gpuconv bench", description=DESCRIPTION)
+    add_arguments(parser)
+    return run_command(parser.parse_args(argv))

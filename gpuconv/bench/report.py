@@ -1,0 +1,170 @@
+"""Presenting a benchmark report: the text table, the JSON file and the PNG chart."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["COLUMNS", "format_table", "table_rows", "default_json_path", "write_json",
+           "write_png", "NA"]
+
+NA = "n/a"
+COLUMNS = ("workload", "batch", "backend", "median ms", "min-max ms", "images/s", "GFLOP/s",
+           "% peak", "peak MB", "vs torch")
+_LEFT = {"workload", "backend"}
+
+
+def _ms(value: float) -> str:
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 0.1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _rate(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"  # 3 significant digits
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    base = [row["workload"], str(row["batch"]), row["backend"]]
+    if row.get("error") is not None:
+        return base + ["error"] + ["-"] * (len(COLUMNS) - 4)
+    flops = row.get("gflops") is not None
+    memory = row.get("peak_memory_bytes")
+    if row["framework"] == "torch":
+        ratio = "-"
+    elif row.get("ratio_vs_torch") is not None:
+        ratio = f"{row['ratio_vs_torch']:.2f}x"
+    else:
+        ratio = NA  # no PyTorch row to compare with
+    return base + [
+        _ms(row["median_ms"]),
+        f"{_ms(row['min_ms'])}-{_ms(row['max_ms'])}",
+        _rate(row["images_per_s"]),
+        _rate(row["gflops"]) if flops else "-",
+        f"{100 * row['peak_fraction']:.0f}%" if row.get("peak_fraction") is not None else "-",
+        f"{memory / 2**20:.1f}" if memory is not None else NA,
+        ratio,
+    ]
+
+
+def table_rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The table's cells (strings), one list per result row, in COLUMNS order."""
+    return [_cells(r) for r in results]
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """Aligned plain-text table: text columns left-aligned, numbers right-aligned; a
+    blank line between workloads."""
+    rows = table_rows(results)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(COLUMNS)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if h in _LEFT else c.rjust(w)
+                         for c, w, h in zip(cells, widths, COLUMNS)).rstrip()
+
+    out = [line(COLUMNS), line(["-" * w for w in widths])]
+    previous = None
+    for result, cells in zip(results, rows):
+        if previous is not None and result["workload"] != previous:
+            out.append("")
+        previous = result["workload"]
+        out.append(line(cells))
+    return "\n".join(out)
+
+
+def default_json_path(base: "str | os.PathLike" = "bench-results") -> Path:
+    """``bench-results/bench-<YYYYmmdd-HHMMSS>.json`` (relative to the current directory)."""
+    return Path(base) / f"bench-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def _json_default(obj: Any) -> Any:
+    item = getattr(obj, "item", None)  # numpy scalars
+    if callable(item):
+        return item()
+    if isinstance(obj, (Path, os.PathLike)):
+        return os.fspath(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: "str | os.PathLike", report: dict[str, Any]) -> Path:
+    """Write the report as indented JSON, atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2, default=_json_default, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_png(path: "str | os.PathLike", report: dict[str, Any]) -> str | None:
+    """Bar chart of median time per row and backend (log scale) and, where PyTorch ran,
+    the gpuconv/PyTorch throughput ratio. Returns None when written, else why not
+    (matplotlib missing or nothing to plot)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+        from matplotlib.figure import Figure  # noqa: PLC0415
+        from matplotlib.ticker import FuncFormatter  # noqa: PLC0415
+    except ImportError:
+        return "matplotlib is not installed; no PNG written"
+    results = [r for r in report["results"] if r.get("median_ms") is not None]
+    if not results:
+        return "no successful rows to plot; no PNG written"
+    groups = list(dict.fromkeys((r["workload"], r["batch"]) for r in results))
+    backends = list(dict.fromkeys(r["backend"] for r in results))
+    ratios = [r for r in results if r.get("ratio_vs_torch") is not None]
+    height = max(3.0, 0.22 * len(groups) * max(len(backends), 1) + 1.5)
+    fig = Figure(figsize=(14 if ratios else 9, height))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2 if ratios else 1, sharey=True, squeeze=False)[0]
+    index = {g: i for i, g in enumerate(groups)}
+    bar = 0.8 / len(backends)
+    for k, name in enumerate(backends):
+        rows = [r for r in results if r["backend"] == name]
+        ys = [index[(r["workload"], r["batch"])] + (k - (len(backends) - 1) / 2) * bar
+              for r in rows]
+        axes[0].barh(ys, [r["median_ms"] for r in rows], height=bar, label=name)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("median time per repetition (ms, log scale; shorter is faster)")
+    axes[0].set_yticks(range(len(groups)))
+    axes[0].set_yticklabels([f"{w}  b{b}" for w, b in groups], fontsize=7)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=8, loc="lower right")
+    if ratios:
+        gpuconv = [b for b in backends if any(r["backend"] == b for r in ratios)]
+        rbar = 0.8 / len(gpuconv)
+        for k, name in enumerate(gpuconv):
+            rows = [r for r in ratios if r["backend"] == name]
+            ys = [index[(r["workload"], r["batch"])] + (k - (len(gpuconv) - 1) / 2) * rbar
+                  for r in rows]
+            # bars grow from 1 (parity): right of it gpuconv is faster, left of it slower
+            widths = [r["ratio_vs_torch"] - 1.0 for r in rows]
+            axes[1].barh(ys, widths, left=1.0, height=rbar, label=f"{name} / torch")
+        axes[1].axvline(1.0, color="black", linewidth=1)
+        axes[1].set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        axes[1].xaxis.set_major_formatter(plain)
+        axes[1].xaxis.set_minor_formatter(plain)
+        axes[1].tick_params(axis="x", which="minor", labelsize=7)
+        axes[1].set_xlabel("throughput ratio gpuconv / PyTorch (log; > 1: gpuconv faster)")
+        axes[1].legend(fontsize=8, loc="lower right")
+    machine = report.get("machine", {})
+    fig.suptitle(f"gpuconv bench - {machine.get('cpu_model', '?')} - {report.get('created', '')}",
+                 fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return None
