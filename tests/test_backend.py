@@ -230,3 +230,8 @@ def test_cpu_and_fakecupy_models_live_in_one_process():
         cpu_model.forward(to_device(numpy.zeros((1, 2, 5, 5), numpy.float32), "fakecupy"))
     with pytest.raises(TypeError):
         dev_model.forward(numpy.zeros((1, 2, 5, 5), numpy.float32))
+
+
+def test_cpu_device_has_no_other_index():
+    with pytest.raises(ValueError, match="cpu:1"):
+        backend.get_device("cpu:1")

@@ -192,6 +192,8 @@ def get_device(spec: "str | Device | None" = None) -> Device:
     if device.kind not in _BACKENDS:
         raise ValueError(f"unknown device {spec!r}; expected 'auto', 'cpu', "
                          "'cuda' or 'cuda:N'")
+    if device.kind == "cpu" and device.index != 0:
+        raise ValueError(f"device {spec!r}: the CPU has no index other than 0; use 'cpu'")
     return device
 
 
