@@ -93,7 +93,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         workloads=tuple(p for w in (args.workloads or []) for p in w.split(",")),
         tiny=args.tiny, quick=args.quick, use_torch=not args.no_torch,
         reference=args.reference, peak_size=args.peak_size or peak_size, peak_reps=peak_reps,
-        cooldown=0.1 if args.cooldown is None else args.cooldown)
+        cooldown=BenchConfig.cooldown if args.cooldown is None else args.cooldown,
+        command=list(getattr(args, "argv", None) or sys.argv))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -130,4 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m gpuconv.bench`` / ``benchmarks/run.py``."""
     parser = argparse.ArgumentParser(prog="gpuconv bench", description=DESCRIPTION)
     add_arguments(parser)
-    return run_command(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if argv is not None:
+        args.argv = ["gpuconv", "bench", *argv]
+    return run_command(args)
