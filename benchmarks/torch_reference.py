@@ -156,6 +156,7 @@ def _step_function(workload: Workload, model: torch.nn.Module,
         dy = arrays["dy"]
 
         def forward_backward() -> Any:
+            x.grad = None  # dx is written fresh, as gpuconv returns it (no accumulation)
             model(x).backward(dy)
         return forward_backward
     labels = arrays["labels"]

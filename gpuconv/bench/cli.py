@@ -18,9 +18,9 @@ DESCRIPTION = (
     "benchmarks/torch_reference.py), repetitions interleaved. Prints a table; writes JSON "
     "(and a PNG with --png).")
 
-# (batch sizes, reps, warmup, sgemm size, sgemm reps) for each run size
-_FULL = ((64, 128, 256), 10, 2, 2048, 7)
-_QUICK = ((64,), 3, 1, 2048, 3)
+# (batch sizes, reps, warmup, sgemm size (None: per device), sgemm reps) for each run size
+_FULL = ((64, 128, 256), 10, 2, None, 7)
+_QUICK = ((64,), 3, 1, None, 3)
 _TINY = ((2,), 5, 1, 256, 3)
 _TINY_QUICK = ((2,), 2, 1, 128, 2)
 
@@ -52,8 +52,8 @@ def _positive(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's flags to ``parser``."""
     parser.add_argument("--quick", action="store_true",
-                        help="batch 64 only, 3 repetitions, 1 warm-up (about a minute on a "
-                             "2-core CPU, PyTorch included)")
+                        help="batch 64 only, 3 repetitions, 1 warm-up (meant to finish within "
+                             "a minute on a 2-core CPU, PyTorch included)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny layer shapes and batch 2 (a smoke test, e.g. for CI)")
     parser.add_argument("--batch-sizes", nargs="+", metavar="N",
@@ -77,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default bench-results/bench-<timestamp>.json)")
     parser.add_argument("--png", metavar="PATH", help="also draw a bar chart (needs matplotlib)")
     parser.add_argument("--peak-size", type=_positive, metavar="N",
-                        help="matrix size of the sgemm peak measurement (default 2048)")
+                        help="matrix size of the sgemm peak measurement (default 2048 on "
+                             "the CPU, 8192 on the GPU)")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
 
 

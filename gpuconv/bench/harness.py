@@ -34,6 +34,8 @@ __all__ = ["SCHEMA", "BenchConfig", "resolve_devices", "measure_group", "add_rat
 
 SCHEMA = "gpuconv-bench/1"
 DEVICE_CHOICES = ("cpu", "cuda", "all")
+# sgemm peak matrix sizes: big enough to saturate the device, small enough to be quick
+PEAK_SIZES = {"cpu": 2048, "cuda": 8192}
 
 
 @dataclass
@@ -50,7 +52,7 @@ class BenchConfig:
     use_torch: bool = True
     reference: str | None = None
     dtype: str = "float32"
-    peak_size: int = 2048
+    peak_size: int | None = None  # None: PEAK_SIZES per device
     peak_reps: int = 5
     cooldown: float = 0.1  # seconds of pause before switching backends on the CPU
     command: list[str] = field(default_factory=lambda: list(sys.argv))
@@ -82,13 +84,15 @@ def resolve_devices(spec: str) -> tuple[list[str], list[str]]:
     return ["cpu"], [f"CUDA skipped: {reason}"]
 
 
-def measure_peaks(devices: Sequence[str], size: int, reps: int) -> dict[str, dict]:
-    """The sgemm peak of each device (numpy on the CPU, cupy with CUDA events on the GPU)."""
+def measure_peaks(devices: Sequence[str], size: int | None, reps: int) -> dict[str, dict]:
+    """The sgemm peak of each device (numpy on the CPU, cupy with CUDA events on the GPU);
+    ``size`` None uses :data:`PEAK_SIZES`."""
     peaks = {}
     for device in devices:
         xp = get_device(device).xp
         timer = CpuTimer() if device == "cpu" else cupy_event_timer(xp)
-        peaks[device] = measure_sgemm_peak(xp, device, timer, size=size, reps=reps)
+        peaks[device] = measure_sgemm_peak(xp, device, timer, size=size or PEAK_SIZES[device],
+                                           reps=reps)
     return peaks
 
 
@@ -141,7 +145,7 @@ def _row(workload: Workload, batch: int, p: _Prepared, timer_kind: str | None,
     }
     if p.error is not None or not p.times:
         return row
-    seconds = summarize(p.times)
+    seconds = summarize([max(t, 1e-9) for t in p.times])  # a coarse clock may read 0
     ms = seconds.scaled(1e3)
     images = seconds.rate(batch)
     row.update(median_ms=ms.median, min_ms=ms.min, max_ms=ms.max, mean_ms=ms.mean,
@@ -275,7 +279,7 @@ def run(config: BenchConfig, log: Callable[[str], None] = _stderr) -> dict[str, 
                      "timings are noisy; benchmark on a quiet machine for figures to publish")
     for note in notes:
         log(f"note: {note}")
-    log(f"measuring the sgemm peak ({config.peak_size}x{config.peak_size} float32) ...")
+    log("measuring the float32 GEMM peak ...")
     peaks = measure_peaks(devices, config.peak_size, config.peak_reps)
     # everything alive now (imported modules: torch has many objects) is exempt from the
     # collections between groups, which would otherwise take a large part of a quick run
