@@ -249,7 +249,7 @@ def test_repetitions_are_interleaved_with_cooldowns():
                          sleep=pauses.append)
     # warm-ups per backend first (under the memory probe), then A B A B A B
     assert order == ["A", "A", "B", "B", "A", "B", "A", "B", "A", "B"]
-    assert pauses == [0.5] * 5  # before every switch of backend, never before the first
+    assert pauses == [0.5] * 6  # before every switch of backend, B's warm-ups to A included
     a, b = rows
     assert a["times_ms"] == pytest.approx([2.0] * 3) and b["median_ms"] == pytest.approx(4.0)
     assert a["images_per_s"] == pytest.approx(4 / 0.002)

@@ -171,7 +171,7 @@ def measure_group(workload: Workload, batch: int, backends: Sequence[Backend], r
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
-    previous = None
+    previous = prepared[-1] if prepared else None  # the last to run (its warm-ups)
     try:
         for _ in range(reps):
             for p in list(live):  # A B A B ...: each repetition visits every backend once
