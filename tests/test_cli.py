@@ -317,3 +317,22 @@ def test_predict_errors(trained, tmp_path, capsys):
     numpy.save(tmp_path / "bad.npy", numpy.zeros((5, 5), numpy.uint8))
     assert main(["predict", str(trained), str(tmp_path / "bad.npy"), "--device", "cpu"]) == 2
     assert "(3, H, W)" in capsys.readouterr().err
+
+
+def test_train_evaluate_predict_on_the_strict_fake_gpu(cifar_dir, tmp_path, capsys):
+    """The whole CLI path on the strict fake CuPy: no hidden host/device mixing
+    (resnet-small exercises Residual, --augment full every augmentation)."""
+    import fakecupy  # noqa: PLC0415 - registered by conftest; re-register to be safe
+
+    fakecupy.register()
+    out = tmp_path / "run"
+    assert main(["train", "--data-dir", str(cifar_dir), "--device", fakecupy.DEVICE,
+                 "--model", "resnet-small", "--val-split", "40", "--epochs", "1", "--limit",
+                 "64", "--batch-size", "32", "--augment", "full", "--out", str(out),
+                 "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["device"].startswith(fakecupy.DEVICE)
+    assert main(["evaluate", str(out), "--device", fakecupy.DEVICE, "--limit", "20"]) == 0
+    numpy.save(tmp_path / "x.npy", make_images(1, seed=3)[0][0])
+    assert main(["predict", str(out), str(tmp_path / "x.npy"), "--device",
+                 fakecupy.DEVICE]) == 0
+    assert "x.npy" in capsys.readouterr().out
