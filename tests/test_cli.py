@@ -336,3 +336,15 @@ def test_train_evaluate_predict_on_the_strict_fake_gpu(cifar_dir, tmp_path, caps
     assert main(["predict", str(out), str(tmp_path / "x.npy"), "--device",
                  fakecupy.DEVICE]) == 0
     assert "x.npy" in capsys.readouterr().out
+
+
+def test_validation_split_is_deterministic_and_disjoint():
+    from gpuconv.cli.common import split_indices  # noqa: PLC0415
+
+    train, val = split_indices(100, 10, seed=3)
+    assert len(val) == 10 and len(train) == 90
+    assert not set(train) & set(val)
+    again_train, again_val = split_indices(100, 10, seed=3, limit=20)
+    assert list(again_val) == list(val) and len(again_train) == 20
+    assert set(again_train) <= set(train)
+    assert list(split_indices(100, 10, seed=4)[1]) != list(val)

@@ -90,9 +90,12 @@ def resolve_device(spec: str | None) -> Device:
         raise CLIError(f"--device {spec}: {exc}") from None
 
 
-def split_indices(n: int, val: int, seed: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+def split_indices(n: int, val: int, seed: int, limit: int | None = None
+                  ) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Deterministic (train, val) index split of ``n`` samples: a permutation from
-    ``numpy.random.default_rng(seed)``; the first ``val`` go to validation.
-    Both parts are sorted (the loader shuffles the training part itself)."""
+    ``numpy.random.default_rng(seed)``; the first ``val`` go to validation, the
+    rest (at most ``limit`` of them) to training. Both parts are returned sorted
+    (the loader shuffles the training part itself)."""
     order = numpy.random.default_rng(seed).permutation(n)
-    return numpy.sort(order[val:]), numpy.sort(order[:val])
+    train = order[val:] if limit is None else order[val:val + limit]
+    return numpy.sort(train), numpy.sort(order[:val])

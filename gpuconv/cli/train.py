@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy
-
 from .. import __version__
 from ..backend import Device, seed as seed_all
 from ..data.datasets import ArrayDataset
@@ -262,10 +260,7 @@ class _Data:
         if n_val >= n:
             raise CLIError(f"--val-split {split}: the training set has only {n} images; "
                            "hold out fewer for validation")
-        order = numpy.random.default_rng(settings["seed"]).permutation(n)
-        train_idx, val_idx = split_indices(n, n_val, settings["seed"])
-        if settings["limit"] is not None:
-            train_idx = numpy.sort(order[n_val:][:settings["limit"]])
+        train_idx, val_idx = split_indices(n, n_val, settings["seed"], settings["limit"])
         self.classes = list(full.classes)
         self.train = ArrayDataset(full.images[train_idx], full.labels[train_idx], self.classes)
         self.val = ArrayDataset(full.images[val_idx], full.labels[val_idx], self.classes) \
