@@ -348,3 +348,25 @@ def test_validation_split_is_deterministic_and_disjoint():
     assert list(again_val) == list(val) and len(again_train) == 20
     assert set(again_train) <= set(train)
     assert list(split_indices(100, 10, seed=4)[1]) != list(val)
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(cifar_dir, tmp_path):
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gpuconv", "train", "--data-dir",
+                             str(cifar_dir), "--epochs", "500", "--out", str(out), *BASE],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "checkpoint.npz").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert f"gpuconv train --resume {out}" in err and "Traceback" not in err
+    assert len(_history(out)) < 500

@@ -11,11 +11,14 @@ of the run folder. ``--resume RUN_DIR`` continues an interrupted run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import __version__
 from ..backend import Device, seed as seed_all
@@ -294,6 +297,23 @@ def _verbosity(quiet: bool) -> int:
     return 1 if sys.stderr.isatty() else 2
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM (``kill PID``) like Ctrl-C while training, so a checkpoint is saved."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ---- the command ------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     """Run ``gpuconv train``; returns the exit code."""
@@ -351,10 +371,11 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = out / rd.CHECKPOINT
     start = time.perf_counter()
     try:
-        history = model.fit(train_loader, settings["epochs"], optimizer, loss,
-                            val_data=val_loader, callbacks=callbacks, scheduler=scheduler,
-                            verbose=verbose, checkpoint_path=checkpoint,
-                            resume_from=checkpoint if previous is not None else None)
+        with _sigterm_interrupts():
+            history = model.fit(train_loader, settings["epochs"], optimizer, loss,
+                                val_data=val_loader, callbacks=callbacks, scheduler=scheduler,
+                                verbose=verbose, checkpoint_path=checkpoint,
+                                resume_from=checkpoint if previous is not None else None)
     except KeyboardInterrupt:
         eprint(f"\nInterrupted. Checkpoint saved to {checkpoint} "
                f"({len(getattr(model.history, 'records', []) or [])} epoch(s) completed).\n"
