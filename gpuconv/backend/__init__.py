@@ -23,11 +23,12 @@ from .devices import (
     to_numpy,
     unregister_backend,
 )
+from .host_memory import keep_freed_memory
 from .random import generator, get_seed, get_state, host_generator, seed, set_state
 
 __all__ = [
     "Array", "Backend", "Device", "backend_of_module", "cuda_is_available",
     "cuda_unavailable_reason", "device_of", "get_array_module", "get_device",
     "register_backend", "to_device", "to_numpy", "unregister_backend",
-    "generator", "get_seed", "get_state", "host_generator", "seed", "set_state",
+    "keep_freed_memory", "generator", "get_seed", "get_state", "host_generator", "seed", "set_state",
 ]

@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-from ..backend import cuda_is_available, cuda_unavailable_reason, get_device
+from ..backend import cuda_is_available, cuda_unavailable_reason, get_device, keep_freed_memory
 from .cases import Backend, Case, gpuconv_backend
 from .machine import machine_info
 from .peak import measure_sgemm_peak
@@ -257,7 +257,12 @@ def run(config: BenchConfig, log: Callable[[str], None] = _stderr) -> dict[str, 
     """Run the whole benchmark; returns the report (see ``benchmarks/README.md``)."""
     config.validate()
     started = time.perf_counter()
+    # the allocator setting fit() uses; applied before any backend runs, so PyTorch
+    # (same process, same malloc) is measured under the same conditions
+    malloc_tuned = keep_freed_memory()
     devices, notes = resolve_devices(config.device)
+    if not malloc_tuned:
+        notes.append("glibc malloc tuning not applied (GPUCONV_MALLOC_TUNING=0 or not glibc)")
     workloads = select(all_workloads(config.tiny), config.workloads)
     if config.use_torch:
         reference = load_reference(config.reference)

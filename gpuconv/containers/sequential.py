@@ -43,10 +43,20 @@ class Sequential(Layer):
             x = layer.forward(x)
         return x
 
-    def backward(self, dy: Array) -> Array:
-        for layer in reversed(self.layers):
+    def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
+        """Backpropagate ``dy``; returns the input gradient, or None when
+        ``need_input_grad`` is False (then the first layer may skip computing it)."""
+        if not self.layers:
+            return dy if need_input_grad else None
+        for layer in reversed(self.layers[1:]):
             dy = layer.backward(dy)
-        return dy
+        if need_input_grad:
+            return self.layers[0].backward(dy)
+        self.layers[0].backward_params(dy)
+        return None
+
+    def backward_params(self, dy: Array) -> None:
+        self.backward(dy, need_input_grad=False)
 
     def __repr__(self) -> str:
         inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))

@@ -80,6 +80,14 @@ class Layer:
         """Constructor keyword arguments (JSON-serialisable) that rebuild this layer."""
         return {}
 
+    def backward_params(self, dy: Array) -> None:
+        """Like :meth:`backward` but without returning the input gradient.
+
+        Used for the first layer of a network, whose input gradient nobody
+        needs; layers where it is expensive (Conv2D, Conv1D, Dense) skip it.
+        """
+        self.backward(dy)
+
     # ---- shared machinery ---------------------------------------------------
     def __call__(self, x: Array) -> Array:
         return self.forward(x)

@@ -8,6 +8,7 @@ import numpy
 from ..backend import Array
 from ..ops.conv import conv2d_backward, conv2d_forward
 from ..ops.im2col import Padding, output_size, same_padding
+from ..ops.workspace import Workspace
 from . import init as initializers
 from .base import Layer, Parameter
 
@@ -58,6 +59,7 @@ class _Conv(Layer):
                                              self.out_channels * receptive, numpy, dtype),
                               "bias") if self.use_bias else None
         self._cache = None
+        self._cache_workspace: Workspace | None = None
 
     def config(self) -> dict:
         padding = self.padding if isinstance(self.padding, str) else list(self.padding)
@@ -86,11 +88,15 @@ class _Conv(Layer):
             raise ValueError(f"{self!r}: input {layout} of spatial size {tuple(x4.shape[2:])} is "
                              f"smaller than the dilated kernel; output would be {tuple(out_hw)}")
         bias = self.bias.data if self.bias is not None else None
-        y, cols = conv2d_forward(x4, weight4, bias, stride, padding, dilation)
+        if self._cache_workspace is None:  # scratch buffers reused from step to step
+            self._cache_workspace = Workspace()
+        y, cols = conv2d_forward(x4, weight4, bias, stride, padding, dilation,
+                                 workspace=self._cache_workspace)
         self._cache = (cols, x4.shape, padding, y.shape)
         return y
 
-    def _backward_2d(self, dy4: Array, weight4: Array, kernel, stride, dilation) -> Array:
+    def _backward_2d(self, dy4: Array, weight4: Array, kernel, stride, dilation,
+                     need_input_grad: bool = True) -> Array | None:
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
         cols, x_shape, padding, y_shape = self._cache
@@ -98,7 +104,9 @@ class _Conv(Layer):
             raise ValueError(f"{self!r}: backward expected dy of shape {tuple(y_shape)}, "
                              f"got {tuple(dy4.shape)}")
         dx, dweight, dbias = conv2d_backward(dy4, cols, weight4, x_shape, stride, padding,
-                                             dilation, self.bias is not None)
+                                             dilation, self.bias is not None,
+                                             workspace=self._cache_workspace,
+                                             need_input_grad=need_input_grad)
         self.weight.grad += dweight.reshape(self.weight.grad.shape)
         if self.bias is not None:
             self.bias.grad += dbias
@@ -128,6 +136,10 @@ class Conv2D(_Conv):
     def backward(self, dy: Array) -> Array:
         return self._backward_2d(dy, self.weight.data, self.kernel_size, self.stride,
                                  self.dilation)
+
+    def backward_params(self, dy: Array) -> None:
+        self._backward_2d(dy, self.weight.data, self.kernel_size, self.stride, self.dilation,
+                          need_input_grad=False)
 
 
 class Conv1D(_Conv):
@@ -160,3 +172,8 @@ class Conv1D(_Conv):
         weight4, kernel, stride, dilation = self._as_2d()
         dx = self._backward_2d(dy[:, :, None, :], weight4, kernel, stride, dilation)
         return dx[:, :, 0, :]
+
+    def backward_params(self, dy: Array) -> None:
+        weight4, kernel, stride, dilation = self._as_2d()
+        self._backward_2d(dy[:, :, None, :], weight4, kernel, stride, dilation,
+                          need_input_grad=False)

@@ -46,6 +46,10 @@ class Dense(Layer):
         return y
 
     def backward(self, dy: Array) -> Array:
+        self.backward_params(dy)
+        return dy @ self.weight.data.T
+
+    def backward_params(self, dy: Array) -> None:
         x = self._cache
         if x is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
@@ -55,4 +59,3 @@ class Dense(Layer):
         self.weight.grad += x.T @ dy
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
-        return dy @ self.weight.data.T

@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..backend import Array, get_array_module
 from .im2col import Pair, Padding, col2im, im2col
 from .im2col_rows import col2im_rows, im2col_rows, row_geometry
+from .workspace import Workspace, scratch
 
 METHODS = ("auto", "rows", "windows")
 
@@ -29,11 +30,13 @@ def resolve_method(method: str, stride: Pair) -> str:
 
 
 def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
-                   padding: Padding, dilation: Pair, method: str = "auto") -> tuple[Array, Array]:
+                   padding: Padding, dilation: Pair, method: str = "auto",
+                   workspace: Workspace | None = None) -> tuple[Array, Array]:
     """``y`` (N, O, OH, OW) for ``x`` (N, C, H, W) and ``weight`` (O, C, KH, KW).
 
     Returns ``(y, cols)``; ``cols`` is what :func:`conv2d_backward` needs
-    (pass it the same ``method``).
+    (pass it the same ``method`` and ``workspace``). With a workspace the
+    column and GEMM buffers are reused from call to call; ``y`` is always new.
     """
     xp = get_array_module(x, weight)
     n = x.shape[0]
@@ -41,13 +44,14 @@ def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
     kernel = weight.shape[2:]
     method = resolve_method(method, stride)
     if method == "rows":
-        cols = im2col_rows(x, kernel, padding, dilation)
+        cols = im2col_rows(x, kernel, padding, dilation, workspace)
         _, wp, oh, ow, _ = row_geometry(x.shape, kernel, padding, dilation)
     else:
-        cols = im2col(x, kernel, stride, padding, dilation)
+        cols = im2col(x, kernel, stride, padding, dilation, workspace)
         oh, ow = cols.shape[-2:]
         wp = ow
-    y_mat = weight.reshape(out_channels, -1) @ cols.reshape(-1, n * oh * wp)
+    y_mat = scratch(workspace, "y_mat", (out_channels, n * oh * wp), x.dtype, xp)
+    xp.matmul(weight.reshape(out_channels, -1), cols.reshape(-1, n * oh * wp), out=y_mat)
     # crop the padded-width rows, go back to (N, O, OH, OW) and add the bias in one pass
     y_view = y_mat.reshape(out_channels, n, oh, wp)[..., :ow].transpose(1, 0, 2, 3)
     y = xp.empty((n, out_channels, oh, ow), dtype=y_mat.dtype)
@@ -60,24 +64,32 @@ def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
 
 def conv2d_backward(dy: Array, cols: Array, weight: Array, x_shape: tuple[int, int, int, int],
                     stride: Pair, padding: Padding, dilation: Pair, need_bias: bool,
-                    method: str = "auto") -> tuple[Array, Array, Array | None]:
-    """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` given ``dy`` (N, O, OH, OW)."""
+                    method: str = "auto", workspace: Workspace | None = None,
+                    need_input_grad: bool = True) -> tuple[Array | None, Array, Array | None]:
+    """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` given ``dy`` (N, O, OH, OW).
+
+    ``dx`` is None when ``need_input_grad`` is False (the first layer of a
+    network: its input gradient is never used, and it costs a GEMM + col2im).
+    """
     xp = get_array_module(dy, weight)
     n, out_channels, oh, ow = dy.shape
     kernel = weight.shape[2:]
     method = resolve_method(method, stride)
     wp = row_geometry(x_shape, kernel, padding, dilation)[1] if method == "rows" else ow
     # dy as (O, N, OH, Wp); the cropped columns get zeros so they add nothing below
-    dy_mat = xp.empty((out_channels, n, oh, wp), dtype=dy.dtype)
+    dy_mat = scratch(workspace, "dy_mat", (out_channels, n, oh, wp), dy.dtype, xp)
     dy_mat[..., :ow] = dy.transpose(1, 0, 2, 3)
     if wp > ow:
         dy_mat[..., ow:] = 0
     dy_mat = dy_mat.reshape(out_channels, -1)
     dweight = (dy_mat @ cols.reshape(-1, dy_mat.shape[1]).T).reshape(weight.shape)
     dbias = dy_mat.sum(axis=1) if need_bias else None
-    dcols = (weight.reshape(out_channels, -1).T @ dy_mat).reshape(cols.shape)
+    if not need_input_grad:
+        return None, dweight, dbias
+    dcols = scratch(workspace, "dcols", cols.shape, dy.dtype, xp)
+    xp.matmul(weight.reshape(out_channels, -1).T, dy_mat, out=dcols.reshape(-1, dy_mat.shape[1]))
     if method == "rows":
-        dx = col2im_rows(dcols, x_shape, kernel, padding, dilation)
+        dx = col2im_rows(dcols, x_shape, kernel, padding, dilation, workspace)
     else:
-        dx = col2im(dcols, x_shape, kernel, stride, padding, dilation)
+        dx = col2im(dcols, x_shape, kernel, stride, padding, dilation, workspace)
     return dx, dweight, dbias

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..backend import Array, get_array_module
+from .workspace import Workspace, scratch
 
 Pair = tuple[int, int]
 Padding = tuple[int, int, int, int]  # top, bottom, left, right
@@ -69,7 +70,8 @@ def windows(x: Array, kernel: Pair, stride: Pair, dilation: Pair,
             yield i, j, x[..., top:top + sh * (oh - 1) + 1:sh, left:left + sw * (ow - 1) + 1:sw]
 
 
-def im2col(x: Array, kernel: Pair, stride: Pair, padding: Padding, dilation: Pair) -> Array:
+def im2col(x: Array, kernel: Pair, stride: Pair, padding: Padding, dilation: Pair,
+           workspace: Workspace | None = None) -> Array:
     """Columns of ``x`` (N, C, H, W) as an array (C, KH, KW, N, OH, OW), dtype of x."""
     n, c, h, w = x.shape
     oh = output_size(h, kernel[0], stride[0], padding[0], padding[1], dilation[0])
@@ -77,20 +79,21 @@ def im2col(x: Array, kernel: Pair, stride: Pair, padding: Padding, dilation: Pai
     xp = get_array_module(x)
     # (C, N, H, W) so every copied slice below lands in a contiguous block
     x_cnhw = pad2d(x, padding).transpose(1, 0, 2, 3)
-    cols = xp.empty((c, kernel[0], kernel[1], n, oh, ow), dtype=x.dtype)
+    cols = scratch(workspace, "cols", (c, kernel[0], kernel[1], n, oh, ow), x.dtype, xp)
     for i, j, view in windows(x_cnhw, kernel, stride, dilation, (oh, ow)):
         cols[:, i, j] = view
     return cols
 
 
 def col2im(cols: Array, x_shape: tuple[int, int, int, int], kernel: Pair, stride: Pair,
-           padding: Padding, dilation: Pair) -> Array:
+           padding: Padding, dilation: Pair, workspace: Workspace | None = None) -> Array:
     """Adjoint of :func:`im2col`: sum columns (C, KH, KW, N, OH, OW) back into (N, C, H, W)."""
     n, c, h, w = x_shape
     top, bottom, left, right = padding
     oh, ow = cols.shape[-2:]
     xp = get_array_module(cols)
-    dx_cnhw = xp.zeros((c, n, h + top + bottom, w + left + right), dtype=cols.dtype)
+    dx_cnhw = scratch(workspace, "dx_cnhw", (c, n, h + top + bottom, w + left + right),
+                      cols.dtype, xp, "zeros")
     for i, j, view in windows(dx_cnhw, kernel, stride, dilation, (oh, ow)):
         view += cols[:, i, j]
     return xp.ascontiguousarray(unpad2d(dx_cnhw, padding).transpose(1, 0, 2, 3))

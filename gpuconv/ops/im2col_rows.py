@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ..backend import Array, get_array_module
 from .im2col import Pair, Padding
+from .workspace import Workspace, scratch
 
 
 def row_geometry(x_shape: tuple[int, ...], kernel: Pair, padding: Padding,
@@ -29,26 +30,32 @@ def row_geometry(x_shape: tuple[int, ...], kernel: Pair, padding: Padding,
     return hp, wp, oh, ow, margin
 
 
-def _padded_runs(x: Array, padding: Padding, margin: int) -> Array:
-    """x (N, C, H, W) zero-padded into (C, N, Hp*Wp + margin)."""
+def _padded_runs(x: Array, padding: Padding, margin: int,
+                 workspace: Workspace | None = None) -> Array:
+    """x (N, C, H, W) zero-padded into (C, N, Hp*Wp + margin).
+
+    From a workspace the buffer is zeroed once: later calls rewrite only the
+    interior, so the zero border and margin stay valid.
+    """
     xp = get_array_module(x)
     n, c, h, w = x.shape
     top, bottom, left, right = padding
     hp, wp = h + top + bottom, w + left + right
-    runs = xp.zeros((c, n, hp * wp + margin), dtype=x.dtype)
+    runs = scratch(workspace, "x_runs", (c, n, hp * wp + margin), x.dtype, xp, "zeros_once")
     image = runs[:, :, :hp * wp].reshape(c, n, hp, wp)
     image[:, :, top:top + h, left:left + w] = x.transpose(1, 0, 2, 3)
     return runs
 
 
-def im2col_rows(x: Array, kernel: Pair, padding: Padding, dilation: Pair) -> Array:
+def im2col_rows(x: Array, kernel: Pair, padding: Padding, dilation: Pair,
+                workspace: Workspace | None = None) -> Array:
     """Stride-1 columns of x (N, C, H, W): array (C, KH, KW, N, OH*Wp), dtype of x."""
     xp = get_array_module(x)
     n, c = x.shape[:2]
     hp, wp, oh, ow, margin = row_geometry(x.shape, kernel, padding, dilation)
-    runs = _padded_runs(x, padding, margin)
+    runs = _padded_runs(x, padding, margin, workspace)
     length = oh * wp
-    cols = xp.empty((c, kernel[0], kernel[1], n, length), dtype=x.dtype)
+    cols = scratch(workspace, "cols", (c, kernel[0], kernel[1], n, length), x.dtype, xp)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             start = i * dilation[0] * wp + j * dilation[1]
@@ -57,8 +64,8 @@ def im2col_rows(x: Array, kernel: Pair, padding: Padding, dilation: Pair) -> Arr
 
 
 def col2im_rows(cols: Array, x_shape: tuple[int, int, int, int], kernel: Pair,
-                padding: Padding, dilation: Pair) -> Array:
-    """Adjoint of :func:`im2col_rows`: (C, KH, KW, N, OH*Wp) -> dx (N, C, H, W).
+                padding: Padding, dilation: Pair, workspace: Workspace | None = None) -> Array:
+    """Adjoint of :func:`im2col_rows`: (C, KH, KW, N, OH*Wp) -> dx (N, C, H, W) (a new array).
 
     Entries of ``cols`` in the dropped columns must be zero (they are when
     they come from ``W.T @ dy`` with zero-filled dropped columns of dy).
@@ -68,7 +75,7 @@ def col2im_rows(cols: Array, x_shape: tuple[int, int, int, int], kernel: Pair,
     top, bottom, left, right = padding
     hp, wp, oh, ow, margin = row_geometry(x_shape, kernel, padding, dilation)
     length = oh * wp
-    runs = xp.zeros((c, n, hp * wp + margin), dtype=cols.dtype)
+    runs = scratch(workspace, "dx_runs", (c, n, hp * wp + margin), cols.dtype, xp, "zeros")
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             start = i * dilation[0] * wp + j * dilation[1]

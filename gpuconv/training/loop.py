@@ -29,7 +29,8 @@ import os
 import time
 from typing import Any, Iterable, Sequence
 
-from ..backend import Array, Device, device_of, get_array_module, get_device, set_state, to_numpy
+from ..backend import (Array, Device, device_of, get_array_module, get_device, keep_freed_memory,
+                       set_state, to_numpy)
 from ..layers.base import Layer
 from .batches import ArrayBatches, bind_device, check_batch
 from .callbacks import Callback, CallbackList, History
@@ -150,7 +151,7 @@ class _Run:
                 model.clear_cache()
             else:
                 correct = correct_count(pred, y)
-                model.backward(loss.backward())
+                model.backward_params(loss.backward())  # the input gradient is not needed
                 optimizer.step()
                 stats.add(value, correct, x.shape[0])
                 self.callbacks.on_batch_end(step, {"size": int(x.shape[0]), "loss": value})
@@ -244,6 +245,7 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
                         "(x, y) pair; wrap arrays in gpuconv.training.loop.ArrayBatches(x, y, "
                         "batch_size)")
     model._fit_loss = loss
+    keep_freed_memory()  # see gpuconv.backend.host_memory: no page faults per step
     run = _Run(model, train_data, epochs, optimizer, loss, val_data, callbacks, scheduler,
                verbose, nan_policy, None if checkpoint_path is None else os.fspath(checkpoint_path))
     with run.device.context():  # new arrays go to the model's GPU (a no-op on the CPU)
