@@ -4,9 +4,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
+
+from ..training.atomic import atomic_write_text
 
 __all__ = ["COLUMNS", "format_table", "table_rows", "default_json_path", "write_json",
            "write_png", "NA"]
@@ -96,16 +97,8 @@ def _json_default(obj: Any) -> Any:
 def write_json(path: "str | os.PathLike", report: dict[str, Any]) -> Path:
     """Write the report as indented JSON, atomically; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2, default=_json_default, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(report, indent=2, default=_json_default,
+                                       allow_nan=False) + "\n")
     return path
 
 

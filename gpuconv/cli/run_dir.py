@@ -20,13 +20,13 @@ import os
 import platform
 import socket
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy
 
 from ..backend import Device
+from ..training.atomic import atomic_write_text
 
 __all__ = ["CONFIG", "HISTORY_JSON", "HISTORY_CSV", "MODEL", "CHECKPOINT", "REPORT_JSON",
            "REPORT_TXT", "CURVES_PNG", "CONFUSION_PNG", "default_run_dir", "machine_info",
@@ -91,39 +91,13 @@ def _default(obj: Any) -> Any:
 
 
 def write_json(path: "str | os.PathLike", data: Any) -> None:
-    """Write ``data`` as indented JSON atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=_default)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``data`` as indented JSON atomically (:func:`atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(data, indent=2, default=_default) + "\n")
 
 
 def write_text(path: "str | os.PathLike", text: str) -> None:
-    """Write ``text`` atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``text`` atomically (:func:`atomic_write_text`)."""
+    atomic_write_text(path, text)
 
 
 def read_config(run_dir: "str | os.PathLike") -> dict:

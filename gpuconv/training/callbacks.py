@@ -15,10 +15,10 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Any, Iterable
 
 from ..backend import to_device
+from .atomic import atomic_write_text
 
 
 __all__ = ["History", "Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint",
@@ -261,28 +261,6 @@ class ModelCheckpoint(_Monitor):
         self.saved.append((epoch, path))
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 class HistoryLogger(Callback):
     """Write the training history after every epoch (atomically rewritten files).
 
@@ -317,11 +295,11 @@ class HistoryLogger(Callback):
     def on_epoch_end(self, epoch, logs):
         self.rows.append(self._row(logs))
         if self.json_path is not None:
-            _atomic_write_text(self.json_path, json.dumps(self.rows, indent=1) + "\n")
+            atomic_write_text(self.json_path, json.dumps(self.rows, indent=1) + "\n")
         if self.csv_path is not None:
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, fieldnames=LOG_FIELDS, lineterminator="\n")
             writer.writeheader()
             for row in self.rows:
                 writer.writerow({k: "" if v is None else v for k, v in row.items()})
-            _atomic_write_text(self.csv_path, buffer.getvalue())
+            atomic_write_text(self.csv_path, buffer.getvalue())

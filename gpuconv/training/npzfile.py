@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any, Mapping
 
@@ -23,6 +22,7 @@ import numpy
 from numpy.lib.npyio import NpzFile
 
 from ..backend import Device, device_of, to_device, to_numpy
+from .atomic import atomic_write
 
 __all__ = ["ALLOWED_KINDS", "json_array", "read_json", "atomic_savez", "read_npz",
            "pack_tree", "unpack_tree", "is_array"]
@@ -52,9 +52,10 @@ def read_json(array: numpy.ndarray, where: str) -> Any:
 def atomic_savez(path: "str | os.PathLike", arrays: Mapping[str, numpy.ndarray]) -> None:
     """Write ``arrays`` to ``path`` as an uncompressed .npz, atomically.
 
-    The archive is written to a temporary file in the same directory,
-    flushed and fsync'ed, then moved over ``path`` with ``os.replace``: a
-    reader (or a crash) sees either the old file or the complete new one.
+    The archive is written with :func:`gpuconv.training.atomic.atomic_write`
+    (temporary file in the same directory, fsync'ed, moved over ``path`` with
+    ``os.replace``): a reader (or a crash) sees either the old file or the
+    complete new one.
     ``path`` is used exactly as given (no ``.npz`` suffix is appended); the
     parent directory is created if missing. Only numeric host arrays are
     accepted (TypeError otherwise), so nothing is ever pickled.
@@ -65,35 +66,7 @@ def atomic_savez(path: "str | os.PathLike", arrays: Mapping[str, numpy.ndarray])
             raise TypeError(f"atomic_savez({path!r}): entry {key!r} must be a numeric "
                             f"numpy array, got {type(value).__name__} "
                             f"dtype={getattr(value, 'dtype', None)}")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; honour the umask instead
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable (best effort; not possible on every OS)
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, lambda f: numpy.savez(f, **arrays))
 
 
 def read_npz(path: "str | os.PathLike", what: str = "archive") -> dict[str, numpy.ndarray]:
