@@ -84,12 +84,14 @@ def test_workload_set_covers_the_issue():
     assert model.layers == [layer_spec(layer) for layer in build_preset("seed-cnn")]
 
 
-def test_fallback_seed_cnn_matches_the_cli_preset():
-    from gpuconv.bench.presets import fallback_seed_cnn
-    from gpuconv.cli.presets import build_preset
+def test_seed_cnn_specs_come_from_the_cli_preset():
+    from gpuconv.bench.presets import SEED_CNN_INPUT, seed_cnn_specs
+    from gpuconv.cli.presets import INPUT_SHAPE, build_preset
     from gpuconv.training.serialization import layer_spec
-    assert [layer_spec(x) for x in fallback_seed_cnn()] == \
-        [layer_spec(x) for x in build_preset("seed-cnn")]
+    specs, source = seed_cnn_specs(7)
+    assert source == "gpuconv.cli.presets"
+    assert specs == [layer_spec(x) for x in build_preset("seed-cnn", 7)]
+    assert SEED_CNN_INPUT == INPUT_SHAPE
 
 
 def test_summarize_median_and_range():
