@@ -181,6 +181,24 @@ def test_nan_detected_at_progress_refresh(monkeypatch, capsys):
     assert "Epoch 1/1" in capsys.readouterr().err
 
 
+def test_progress_bar_shows_live_lr(monkeypatch, capsys):
+    """The bar shows loss, acc, lr and img/s; a per-batch scheduler's lr updates live."""
+    import re
+    monkeypatch.setattr(progress, "REFRESH_INTERVAL", 0.0)  # refresh every step
+    x, y = parity_data()
+    model = mlp()
+    opt = SGD(model, lr=0.1)
+    sched = OneCycleLR(opt, max_lr=0.1, total_steps=4)
+    model.fit(ArrayBatches(x, y, batch_size=2), 1, opt, SoftmaxCrossEntropy(),
+              scheduler=sched, verbose=1)
+    err = capsys.readouterr().err
+    bars = [line for line in re.split(r"[\r\n]", err) if "img/s=" in line]
+    assert bars and all(re.search(r"loss=.*acc=.*lr=.*img/s=", line) for line in bars)
+    shown = {re.search(r"lr=([^,\s]+)", line).group(1) for line in bars}
+    expected = {progress._fmt(sched.get_lr_at(step)) for step in (1, 2, 3)}
+    assert expected <= shown  # the lr after each scheduler step, not just the epoch's first
+
+
 def test_nan_skip_policy_skips_and_counts():
     data = poisoned_batches(bad_batch=2)
     model = mlp()

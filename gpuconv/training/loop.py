@@ -172,7 +172,7 @@ class _Run:
         self.callbacks.on_epoch_begin(epoch)
         stats = EpochStats()
         progress = EpochProgress(epoch, self.epochs, _length(self.train_data), stats,
-                                 self.verbose)
+                                 self.verbose, lr=lambda: _lr(self.optimizer))
         logs = None
         try:
             lr = _lr(self.optimizer)

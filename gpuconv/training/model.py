@@ -53,8 +53,8 @@ class Sequential(_Sequential):
           training loss without val_data, for schedulers whose ``step`` takes
           a metric, like ReduceLROnPlateau).
         - ``verbose``: 0 silent, 1 a progress bar per epoch (loss, accuracy,
-          images/s refreshed every 0.5 s: the only per-step device read), 2
-          one line per epoch.
+          lr, images/s refreshed every 0.5 s: the only per-step device read;
+          the lr is a host float), 2 one line per epoch.
         - ``nan_policy``: 'raise' (FloatingPointError naming epoch and step,
           detected at the next sync point) or 'skip' (skip the update of
           batches with a non-finite loss; syncs every step). See

@@ -1,16 +1,19 @@
 """Per-epoch progress display for ``fit``.
 
-``verbose=1``: a tqdm bar per epoch showing loss, accuracy and images/s.
-The running values are read from the device (:meth:`EpochStats.sync`) only
-when the postfix is refreshed, every ``interval`` seconds (0.5 by default):
-that read is the only host<->device sync of the training loop. ``verbose=2``:
+``verbose=1``: a tqdm bar per epoch showing loss, accuracy, the learning
+rate and images/s. The running values are read from the device
+(:meth:`EpochStats.sync`) only when the postfix is refreshed, every
+``interval`` seconds (0.5 by default): that read is the only host<->device
+sync of the training loop. The learning rate comes from an ``lr`` callable
+(``fit`` passes one returning ``optimizer.lr``, a Python float: no sync),
+called at every refresh so per-batch schedulers show up live. ``verbose=2``:
 one line per epoch, no per-step reads. ``verbose=0``: silent.
 """
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from .stats import EpochStats
 
@@ -36,13 +39,19 @@ def format_logs(logs: dict) -> str:
 
 
 class EpochProgress:
-    """Progress of one epoch: ``step(n)`` after every batch, ``close(logs)`` at the end."""
+    """Progress of one epoch: ``step(n)`` after every batch, ``close(logs)`` at the end.
+
+    ``lr``: optional zero-argument callable returning the current learning
+    rate (a Python float, or None to leave it out); called at each refresh.
+    """
 
     def __init__(self, epoch: int, epochs: int, total: int | None, stats: EpochStats,
                  verbose: int = 1, interval: float | None = None,
-                 file: TextIO | None = None) -> None:
+                 file: TextIO | None = None,
+                 lr: Callable[[], float | None] | None = None) -> None:
         self.epoch, self.epochs = epoch, epochs
         self.stats = stats
+        self.lr = lr
         self.verbose = verbose
         self.interval = float(REFRESH_INTERVAL if interval is None else interval)
         self.file = file
@@ -67,7 +76,7 @@ class EpochProgress:
             self.refresh(now)
 
     def refresh(self, now: float | None = None) -> None:
-        """Read the running values (a device sync) and show them in the bar."""
+        """Read the running values (a device sync) and the lr, and show them in the bar."""
         self.stats.sync()
         if self.bar is None:
             return
@@ -75,6 +84,9 @@ class EpochProgress:
         postfix = {"loss": _fmt(self.stats.loss)}
         if self.stats.accuracy is not None:
             postfix["acc"] = _fmt(self.stats.accuracy)
+        lr = None if self.lr is None else self.lr()
+        if lr is not None:
+            postfix["lr"] = _fmt(float(lr))
         postfix["img/s"] = f"{self.stats.samples / elapsed:.0f}"
         self.bar.set_postfix(postfix, refresh=False)
 
