@@ -194,6 +194,38 @@ def test_generators_are_per_device():
     assert backend.generator(numpy) is not g_cpu, "seed() must recreate generators"
 
 
+def test_reseed_for_epoch_restarts_only_non_cpu_generators():
+    def draws(xp):
+        return numpy.asarray(backend.to_numpy(backend.generator(xp).random(4)))
+
+    gpuconv.seed(3)
+    cpu_first = draws(numpy)
+    draws(fakecupy.xp)
+    g_cpu = backend.generator(numpy)
+    backend.reseed_for_epoch(2)
+    assert backend.generator(numpy) is g_cpu, "the CPU generator is never reseeded"
+    epoch2 = draws(fakecupy.xp)
+    expected = numpy.random.default_rng(backend.epoch_seed(3, 2)).random(4)
+    numpy.testing.assert_array_equal(epoch2, expected)
+    assert backend.epoch_seed(3, 2) == 3 * 1_000_003 + 2
+
+    # the same epoch again (another process, a resume): the same draws, whatever came before
+    gpuconv.seed(3)
+    backend.reseed_for_epoch(2)
+    numpy.testing.assert_array_equal(draws(fakecupy.xp), epoch2)
+    numpy.testing.assert_array_equal(draws(numpy), cpu_first)
+    backend.reseed_for_epoch(3)
+    assert not numpy.array_equal(draws(fakecupy.xp), epoch2)
+
+    # device generator states are never checkpointed; seed()/set_state() forget the epoch
+    state = backend.get_state()
+    assert set(state) == {"seed", "host", "cpu"}
+    backend.set_state(state)
+    numpy.testing.assert_array_equal(draws(fakecupy.xp), numpy.random.default_rng(3).random(4))
+    with pytest.raises(ValueError):
+        backend.reseed_for_epoch(-1)
+
+
 # ---- two devices in one process ---------------------------------------------------------------
 
 def _small_model():

@@ -15,6 +15,8 @@ from gpuconv.backend import to_numpy
 from gpuconv.training.checkpoint import load_checkpoint, save_checkpoint
 from gpuconv.training.npzfile import read_npz
 
+import fakecupy
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Executed both here and in a fresh interpreter, so both build the same kinds of objects.
@@ -151,7 +153,8 @@ def test_keyboard_interrupt_saves_checkpoint_and_reraises(tmp_path):
 
 
 def test_resume_on_another_device(tmp_path):
-    # no dropout: device generators (CuPy's) are not part of gpuconv.backend.get_state()
+    # no dropout: the CPU and device generators draw different numbers (device ones restart
+    # from (seed, epoch) every epoch; the CPU's run on from the checkpointed state)
     ns = namespace()
     straight = ns["build"](0, dropout=0.0)
     ns["train"](straight, 2)
@@ -163,6 +166,31 @@ def test_resume_on_another_device(tmp_path):
     for key in expected:
         numpy.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-6,
                                       err_msg=key)
+
+
+def test_resume_with_dropout_on_a_device_is_bit_identical(tmp_path):
+    """Device generators (fakecupy, like CuPy) are not checkpointed, but fit restarts them
+    from (seed, epoch) every epoch: 2 epochs straight == 1 epoch + checkpoint + 1 resumed."""
+    ns = namespace()
+    straight = ns["build"](0, device="fakecupy", dropout=0.5)
+    history = ns["train"](straight, 2)
+    expected = weights(straight[0])
+
+    first = ns["build"](0, device="fakecupy", dropout=0.5)
+    ckpt = tmp_path / "ckpt.npz"
+    ns["train"](first, 1, checkpoint_path=ckpt)
+    assert set(load_checkpoint(ckpt).rng_state) == {"seed", "host", "cpu"}  # no device state
+
+    gpuconv.backend.generator(fakecupy.xp).random(1000)  # disturb the device generator
+    resumed = ns["build"](12345, device="fakecupy", dropout=0.5)  # everything from ckpt
+    again = ns["train"](resumed, 2, resume_from=ckpt)
+    got = weights(resumed[0])
+    assert got.keys() == expected.keys()
+    for key in expected:
+        numpy.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    for ours, theirs in zip(again.records, history.records):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+            assert ours[key] == theirs[key], key
 
 
 def test_resume_refuses_other_architecture_and_bad_files(tmp_path):

@@ -6,7 +6,8 @@ Public helpers:
   from ``GPUCONV_DEVICE``).
 - :func:`get_array_module` -- the ``xp`` module of some arrays.
 - :func:`to_device`, :func:`to_numpy`, :func:`device_of` -- move and inspect arrays.
-- :func:`seed`, :func:`generator` -- seeded per-device random generators.
+- :func:`seed`, :func:`generator` -- seeded per-device random generators;
+  :func:`reseed_for_epoch` restarts the non-CPU ones per epoch (resumable).
 """
 from .devices import (
     Array,
@@ -24,11 +25,13 @@ from .devices import (
     unregister_backend,
 )
 from .host_memory import keep_freed_memory
-from .random import generator, get_seed, get_state, host_generator, seed, set_state
+from .random import (epoch_seed, generator, get_seed, get_state, host_generator,
+                     reseed_for_epoch, seed, set_state)
 
 __all__ = [
     "Array", "Backend", "Device", "backend_of_module", "cuda_is_available",
     "cuda_unavailable_reason", "device_of", "get_array_module", "get_device",
     "register_backend", "to_device", "to_numpy", "unregister_backend",
-    "keep_freed_memory", "generator", "get_seed", "get_state", "host_generator", "seed", "set_state",
+    "keep_freed_memory", "epoch_seed", "generator", "get_seed", "get_state", "host_generator",
+    "reseed_for_epoch", "seed", "set_state",
 ]

@@ -13,8 +13,11 @@ fsync, ``os.replace``), with no pickles:
   arrays inside those trees are stored as ``"state/<i>"`` entries.
 
 Note: ``gpuconv.backend.get_state()`` snapshots the host and CPU generators;
-CuPy generator states are not part of it, so GPU runs that draw random
-numbers on the device (dropout) resume reproducibly but not bit-identically.
+CuPy generator states are not part of it. Instead ``fit`` restarts the device
+generators at every epoch from ``(seed, epoch)``
+(:func:`gpuconv.backend.random.reseed_for_epoch`), so GPU runs that draw
+random numbers on the device (dropout) also resume bit-identically from an
+end-of-epoch checkpoint.
 """
 from __future__ import annotations
 

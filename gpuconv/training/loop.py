@@ -21,6 +21,13 @@ NaN/Inf losses (``nan_policy``):
 
 Epochs are numbered from 1; ``fit(epochs=E)`` trains up to epoch ``E`` in
 total, so resuming a checkpoint of epoch ``k`` trains epochs ``k+1 .. E``.
+
+Random numbers and resume: on the CPU the generator states are checkpointed
+and a resumed run continues them exactly. On other devices (CuPy) the
+generator state cannot be saved, so every epoch starts by restarting the
+device generators from ``(seed, epoch)``
+(:func:`gpuconv.backend.random.reseed_for_epoch`): dropout masks and device
+augmentation in epoch ``k`` are the same whether or not the run was resumed.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import time
 from typing import Any, Iterable, Sequence
 
 from ..backend import (Array, Device, device_of, get_array_module, get_device, keep_freed_memory,
-                       set_state, to_numpy)
+                       reseed_for_epoch, set_state, to_numpy)
 from ..layers.base import Layer
 from .batches import ArrayBatches, bind_device, check_batch
 from .callbacks import Callback, CallbackList, History
@@ -167,6 +174,8 @@ class _Run:
 
     def run_epoch(self, epoch: int) -> dict:
         start = time.perf_counter()
+        if self.device.kind != "cpu":  # device generators can't be checkpointed: see
+            reseed_for_epoch(epoch)    # gpuconv.backend.random (CPU: state saved exactly)
         if hasattr(self.train_data, "set_epoch"):
             self.train_data.set_epoch(epoch)
         self.callbacks.on_epoch_begin(epoch)
