@@ -23,19 +23,21 @@ def _use_cuda_kernel(xp, *arrays: Array) -> bool:
 
 def adam_update(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, *, lr: float,
                 beta1: float, beta2: float, eps: float, step: int, weight_decay: float = 0.0,
-                decoupled: bool = False, use_kernel: bool | None = None) -> None:
+                decoupled: bool = False, use_kernel: bool | None = None,
+                work: tuple[Array, Array] | None = None) -> None:
     """One Adam/AdamW step, in place on ``param``, ``exp_avg`` and ``exp_avg_sq``.
 
     Same arithmetic as ``torch.optim.Adam`` (``decoupled=False``: L2 added to
     the gradient) and ``torch.optim.AdamW`` (``decoupled=True``). All arrays
-    share shape, dtype (float32/float64) and device; ``step`` counts from 1.
-    ``use_kernel`` forces (True) or forbids (False) the CUDA kernel; the
-    default uses it whenever the arrays are CuPy arrays.
+    share shape, dtype (float32/float64) and device; ``step`` counts from 1;
+    ``grad`` is not modified. ``use_kernel`` forces (True) or forbids (False)
+    the CUDA kernel; the default uses it whenever the arrays are contiguous
+    CuPy arrays. ``work``: two scratch arrays like ``param`` for the reference
+    path (allocated when omitted).
     """
     xp = get_array_module(param, grad, exp_avg, exp_avg_sq)
-    bias_correction1 = 1 - beta1 ** step
     bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
-    step_size = lr / bias_correction1
+    step_size = lr / (1 - beta1 ** step)
     if use_kernel is None:
         use_kernel = _use_cuda_kernel(xp, param, grad, exp_avg, exp_avg_sq)
     if use_kernel:
@@ -48,16 +50,24 @@ def adam_update(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, *,
                 t(step_size), t(bias_correction2_sqrt), t(weight_decay), xp.int32(decoupled),
                 xp.int64(n)))
         return
+    g_work, work = work if work is not None else (xp.empty_like(param), xp.empty_like(param))
     if decoupled:
         if weight_decay:
-            param *= 1 - lr * weight_decay
+            param *= 1.0 - lr * weight_decay
     elif weight_decay:
-        grad = grad + weight_decay * param
-    exp_avg *= beta1
-    exp_avg += (1 - beta1) * grad
-    exp_avg_sq *= beta2
-    exp_avg_sq += (1 - beta2) * grad * grad
-    denom = xp.sqrt(exp_avg_sq)
-    denom /= bias_correction2_sqrt
-    denom += eps
-    param -= step_size * (exp_avg / denom)
+        xp.multiply(param, weight_decay, out=g_work)
+        g_work += grad
+        grad = g_work
+    xp.subtract(grad, exp_avg, out=work)            # m = m + (1 - b1)(g - m), torch's lerp
+    work *= 1.0 - beta1
+    exp_avg += work
+    exp_avg_sq *= beta2                             # v = b2 v + (1 - b2) g^2
+    xp.multiply(grad, grad, out=work)
+    work *= 1.0 - beta2
+    exp_avg_sq += work
+    xp.sqrt(exp_avg_sq, out=work)                   # denominator sqrt(v) / sqrt(bc2) + eps
+    work /= bias_correction2_sqrt
+    work += eps
+    xp.divide(exp_avg, work, out=work)
+    work *= step_size
+    param -= work

@@ -1,10 +1,9 @@
 """Adam and AdamW, like ``torch.optim.Adam`` / ``torch.optim.AdamW`` (amsgrad=False)."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from ...backend import Array, backend_of_module, get_array_module
+from ...backend import Array
 from ...layers.base import Parameter
 from ...ops.fused import adam_update
 from .base import Optimizer, check_range
@@ -43,38 +42,12 @@ class Adam(Optimizer):
                 "weight_decay": self.weight_decay}
 
     def _update(self, p: Parameter, state: dict[str, Array], index: int) -> None:
-        xp = get_array_module(p.data)
-        b1, b2 = self.betas
-        t = self.step_count
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        if backend_of_module(xp).name == "cuda" and all(
-                a.flags.c_contiguous for a in (p.data, p.grad, m, v)):
-            # one fused CUDA kernel per parameter (gpuconv.ops.fused) instead of ~12 launches
-            adam_update(p.data, p.grad, m, v, lr=self.lr, beta1=b1, beta2=b2, eps=self.eps,
-                        step=t, weight_decay=self.weight_decay, decoupled=self._decoupled,
-                        use_kernel=True)
-            return
-        if self._decoupled:
-            if self.weight_decay:
-                p.data *= 1.0 - self.lr * self.weight_decay
-            g = p.grad
-        else:
-            g = self._grad(p, index, self.weight_decay)
-        work = self._scratch(p, index, 1)
-        xp.subtract(g, m, out=work)                     # m.lerp_(g, 1 - b1)
-        work *= 1.0 - b1
-        m += work
-        v *= b2                                         # v = b2 v + (1 - b2) g^2
-        xp.multiply(g, g, out=work)
-        work *= 1.0 - b2
-        v += work
-        step_size = self.lr / (1.0 - b1 ** t)
-        xp.sqrt(v, out=work)                            # denominator
-        work /= math.sqrt(1.0 - b2 ** t)
-        work += self.eps
-        xp.divide(m, work, out=work)
-        work *= step_size
-        p.data -= work
+        # one fused CUDA kernel per parameter on the GPU, in-place xp ops elsewhere
+        adam_update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], lr=self.lr,
+                    beta1=self.betas[0], beta2=self.betas[1], eps=self.eps,
+                    step=self.step_count, weight_decay=self.weight_decay,
+                    decoupled=self._decoupled,
+                    work=(self._scratch(p, index, 0), self._scratch(p, index, 1)))
 
 
 class AdamW(Adam):
