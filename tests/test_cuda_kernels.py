@@ -56,3 +56,33 @@ def test_adam_kernel_matches_reference_on_gpu(dtype, decoupled):
     rtol = 1e-5 if dtype == "float32" else 1e-12
     for key in ("p", "m", "v"):
         np.testing.assert_allclose(results[0][key], results[1][key], rtol=rtol, atol=rtol)
+
+
+def _bn_inputs(shape, dtype, rng):
+    channels = shape[1]
+    host = {"x": rng.standard_normal(shape).astype(dtype),
+            "dy": rng.standard_normal(shape).astype(dtype)}
+    for name in ("inv_std", "gamma", "beta", "scale", "mean_dy", "mean_dy_xhat"):
+        host[name] = (rng.random(channels) + 0.5).astype(dtype)
+    return host
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_is_available(), reason=f"needs CUDA: {cuda_unavailable_reason()}")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (6, 11)])
+def test_batchnorm_and_relu_kernels_match_reference_on_gpu(dtype, shape):
+    from gpuconv.ops.fused import batchnorm_input_grad, batchnorm_normalize, relu_grad
+
+    host = _bn_inputs(shape, dtype, np.random.default_rng(1))
+    outputs = []
+    for use_kernel in (True, False):
+        d = {k: to_device(v.copy(), "cuda") for k, v in host.items()}
+        y = batchnorm_normalize(d["x"], d["inv_std"], d["gamma"], d["beta"], use_kernel)
+        dx = batchnorm_input_grad(d["dy"], d["x"], d["scale"], d["mean_dy"], d["mean_dy_xhat"],
+                                  use_kernel)
+        relu = relu_grad(d["dy"], d["x"], use_kernel)
+        outputs.append([to_numpy(a) for a in (d["x"], y, dx, relu)])
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    for kernel_out, reference_out in zip(*outputs):
+        np.testing.assert_allclose(kernel_out, reference_out, rtol=rtol, atol=rtol)

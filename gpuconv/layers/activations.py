@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..backend import Array, get_array_module
+from ..ops.fused import relu_grad
 from .base import Layer, describe
 
 
@@ -36,8 +37,7 @@ class ReLU(_Activation):
         return y
 
     def backward(self, dy: Array) -> Array:
-        y = self._cached(dy)
-        return dy * (y > 0)
+        return relu_grad(dy, self._cached(dy))
 
 
 class LeakyReLU(_Activation):

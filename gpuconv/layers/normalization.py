@@ -6,6 +6,7 @@ from typing import Any
 import numpy
 
 from ..backend import Array
+from ..ops.fused import batchnorm_input_grad, batchnorm_normalize
 from .base import Layer, Parameter
 from .conv import positive_int_tuple
 
@@ -72,10 +73,8 @@ class _BatchNorm(Layer):
             var = self.running_var
             x_hat = x - self.running_mean.reshape(bshape)
         inv_std = 1 / xp.sqrt(var + self.eps)
-        x_hat *= inv_std.reshape(bshape)
+        y = batchnorm_normalize(x_hat, inv_std, self.weight.data, self.bias.data)
         self._cache = (x_hat, inv_std, self.training)
-        y = x_hat * self.weight.data.reshape(bshape)
-        y += self.bias.data.reshape(bshape)
         return y
 
     def backward(self, dy: Array) -> Array:
@@ -95,13 +94,9 @@ class _BatchNorm(Layer):
         if not used_batch_stats:  # running statistics are constants
             return dy * scale.reshape(bshape)
         count = dy.size // self.num_features
-        # d/dx of gamma * (x - mean) / std when mean and var come from x itself:
-        # scale * (dy - mean(dy) - x_hat * mean(dy * x_hat)), in four passes
-        dx = x_hat * (dgamma * (-1.0 / count)).reshape(bshape)
-        dx += dy
-        dx -= (dbeta * (1.0 / count)).reshape(bshape)
-        dx *= scale.reshape(bshape)
-        return dx
+        # d/dx of gamma * (x - mean) / std when mean and var come from x itself
+        return batchnorm_input_grad(dy, x_hat, scale, dbeta * (1.0 / count),
+                                    dgamma * (1.0 / count))
 
 
 class BatchNorm1d(_BatchNorm):

@@ -1,4 +1,4 @@
-"""Fused update kernels with a pure-``xp`` reference path.
+"""Fused elementwise kernels (Adam, BatchNorm, ReLU) with a pure-``xp`` reference path.
 
 On CUDA (CuPy arrays) the fused path is one raw kernel launch per parameter
 instead of about ten elementwise launches, which matters because CuPy's host
@@ -21,6 +21,69 @@ def _use_cuda_kernel(xp, *arrays: Array) -> bool:
     return backend_of_module(xp).name == "cuda" and all(a.flags.c_contiguous for a in arrays)
 
 
+def _launch(xp, name: str, dtype, n: int, args: tuple) -> None:
+    """Run raw kernel ``name`` over ``n`` elements (grid-stride loop inside the kernel)."""
+    blocks = max(1, min(_MAX_BLOCKS, (n + _THREADS - 1) // _THREADS))
+    get_kernel(xp, name, dtype)((blocks,), (_THREADS,), args)
+
+
+def batchnorm_normalize(x_hat: Array, inv_std: Array, gamma: Array, beta: Array,
+                        use_kernel: bool | None = None) -> Array:
+    """Scale centred ``x_hat`` (N, C, ...) by ``inv_std`` (C,) in place; return
+    ``y = x_hat * gamma + beta`` (a new array). Per-channel vectors are (C,)."""
+    xp = get_array_module(x_hat, inv_std, gamma, beta)
+    channels = x_hat.shape[1]
+    inner = x_hat.size // (x_hat.shape[0] * channels)
+    if use_kernel is None:
+        use_kernel = _use_cuda_kernel(xp, x_hat, inv_std, gamma, beta)
+    if use_kernel:
+        y = xp.empty_like(x_hat)
+        _launch(xp, "bn_normalize", x_hat.dtype, x_hat.size,
+                (x_hat, y, inv_std, gamma, beta, xp.int64(inner), xp.int64(channels),
+                 xp.int64(x_hat.size)))
+        return y
+    bshape = (1, channels) + (1,) * (x_hat.ndim - 2)
+    x_hat *= inv_std.reshape(bshape)
+    y = x_hat * gamma.reshape(bshape)
+    y += beta.reshape(bshape)
+    return y
+
+
+def batchnorm_input_grad(dy: Array, x_hat: Array, scale: Array, mean_dy: Array,
+                         mean_dy_xhat: Array, use_kernel: bool | None = None) -> Array:
+    """``dx = scale * (dy - mean_dy - x_hat * mean_dy_xhat)`` with per-channel (C,)
+    vectors broadcast over (N, C, ...): BatchNorm's input gradient in training mode."""
+    xp = get_array_module(dy, x_hat, scale, mean_dy, mean_dy_xhat)
+    channels = dy.shape[1]
+    if use_kernel is None:
+        use_kernel = _use_cuda_kernel(xp, dy, x_hat, scale, mean_dy, mean_dy_xhat)
+    if use_kernel:
+        dx = xp.empty_like(dy)
+        _launch(xp, "bn_input_grad", dy.dtype, dy.size,
+                (dy, x_hat, dx, scale, mean_dy, mean_dy_xhat,
+                 xp.int64(dy.size // (dy.shape[0] * channels)), xp.int64(channels),
+                 xp.int64(dy.size)))
+        return dx
+    bshape = (1, channels) + (1,) * (dy.ndim - 2)
+    dx = x_hat * (-mean_dy_xhat).reshape(bshape)   # four passes, no other temporary
+    dx += dy
+    dx -= mean_dy.reshape(bshape)
+    dx *= scale.reshape(bshape)
+    return dx
+
+
+def relu_grad(dy: Array, y: Array, use_kernel: bool | None = None) -> Array:
+    """``dx = dy where y > 0 else 0`` (ReLU's backward from its output ``y``)."""
+    xp = get_array_module(dy, y)
+    if use_kernel is None:
+        use_kernel = _use_cuda_kernel(xp, dy, y)
+    if use_kernel:
+        dx = xp.empty_like(dy)
+        _launch(xp, "relu_grad", dy.dtype, dy.size, (dy, y, dx, xp.int64(dy.size)))
+        return dx
+    return dy * (y > 0)
+
+
 def adam_update(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, *, lr: float,
                 beta1: float, beta2: float, eps: float, step: int, weight_decay: float = 0.0,
                 decoupled: bool = False, use_kernel: bool | None = None,
@@ -41,14 +104,11 @@ def adam_update(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, *,
     if use_kernel is None:
         use_kernel = _use_cuda_kernel(xp, param, grad, exp_avg, exp_avg_sq)
     if use_kernel:
-        kernel = get_kernel(xp, "adam_update", param.dtype)
-        n = param.size
-        blocks = min(_MAX_BLOCKS, (n + _THREADS - 1) // _THREADS)
         t = param.dtype.type
-        kernel((blocks,), (_THREADS,),
-               (param, grad, exp_avg, exp_avg_sq, t(lr), t(beta1), t(beta2), t(eps),
-                t(step_size), t(bias_correction2_sqrt), t(weight_decay), xp.int32(decoupled),
-                xp.int64(n)))
+        _launch(xp, "adam_update", param.dtype, param.size,
+                (param, grad, exp_avg, exp_avg_sq, t(lr), t(beta1), t(beta2), t(eps),
+                 t(step_size), t(bias_correction2_sqrt), t(weight_decay), xp.int32(decoupled),
+                 xp.int64(param.size)))
         return
     g_work, work = work if work is not None else (xp.empty_like(param), xp.empty_like(param))
     if decoupled:
