@@ -68,7 +68,7 @@ def _step_function(workload: Workload, model: Any, arrays: dict[str, Any]) -> Ca
     def train_step() -> Any:
         optimizer.zero_grad()
         loss.forward(model.forward(x), labels)
-        model.backward(loss.backward())
+        model.backward_params(loss.backward())  # as fit(): no input gradient
         optimizer.step()
     return train_step
 
