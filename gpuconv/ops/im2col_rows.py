@@ -41,7 +41,8 @@ def _padded_runs(x: Array, padding: Padding, margin: int,
     n, c, h, w = x.shape
     top, bottom, left, right = padding
     hp, wp = h + top + bottom, w + left + right
-    runs = scratch(workspace, "x_runs", (c, n, hp * wp + margin), x.dtype, xp, "zeros_once")
+    runs = scratch(workspace, "x_runs", (c, n, hp * wp + margin), x.dtype, xp, "zeros_once",
+                   layout=(h, w, top, left))
     image = runs[:, :, :hp * wp].reshape(c, n, hp, wp)
     image[:, :, top:top + h, left:left + w] = x.transpose(1, 0, 2, 3)
     return runs

@@ -21,26 +21,30 @@ class Workspace:
     """Named scratch buffers of one owner (a layer)."""
 
     def __init__(self) -> None:
-        self._arrays: dict[str, Array] = {}
+        self._arrays: dict[str, tuple[Array, Any]] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any, xp: ModuleType,
-            fill: str = "empty") -> tuple[Array, bool]:
+            fill: str = "empty", layout: Any = None) -> tuple[Array, bool]:
         """``(array, fresh)``: buffer ``name`` of ``shape``/``dtype`` on ``xp``.
 
         ``fill``: ``"empty"`` (contents undefined), ``"zeros"`` (zeroed on every
         call) or ``"zeros_once"`` (zeroed when allocated; afterwards it keeps
         whatever the owner left in it -- for buffers whose zero border the owner
-        never writes). ``fresh`` tells whether it was just allocated.
+        never writes). ``layout``: any hashable describing how the owner uses
+        the buffer beyond its shape (a padded image's height, width and
+        padding); a different layout reallocates, so a zero border written for
+        one geometry is never reused for another of the same size.
+        ``fresh`` tells whether it was just allocated.
         """
         shape = tuple(int(s) for s in shape)
-        array = self._arrays.get(name)
+        array, old_layout = self._arrays.get(name, (None, None))
         if array is not None and tuple(array.shape) == shape and array.dtype == dtype \
-                and get_array_module(array) is xp:
+                and get_array_module(array) is xp and old_layout == layout:
             if fill == "zeros":
                 array.fill(0)
             return array, False
         array = xp.empty(shape, dtype=dtype) if fill == "empty" else xp.zeros(shape, dtype=dtype)
-        self._arrays[name] = array
+        self._arrays[name] = (array, layout)
         return array, True
 
     def clear(self) -> None:
@@ -48,9 +52,9 @@ class Workspace:
 
 
 def scratch(workspace: "Workspace | None", name: str, shape: tuple[int, ...], dtype: Any,
-            xp: ModuleType, fill: str = "empty") -> Array:
+            xp: ModuleType, fill: str = "empty", layout: Any = None) -> Array:
     """A buffer from ``workspace``, or a new array when there is none."""
     if workspace is not None:
-        return workspace.get(name, shape, dtype, xp, fill)[0]
+        return workspace.get(name, shape, dtype, xp, fill, layout)[0]
     shape = tuple(int(s) for s in shape)
     return xp.empty(shape, dtype=dtype) if fill == "empty" else xp.zeros(shape, dtype=dtype)
