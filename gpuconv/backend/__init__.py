@@ -25,13 +25,13 @@ from .devices import (
     unregister_backend,
 )
 from .host_memory import keep_freed_memory
-from .random import (epoch_seed, generator, get_seed, get_state, host_generator,
+from .random import (epoch_order, epoch_seed, generator, get_seed, get_state, host_generator,
                      reseed_for_epoch, seed, set_state)
 
 __all__ = [
     "Array", "Backend", "Device", "backend_of_module", "cuda_is_available",
     "cuda_unavailable_reason", "device_of", "get_array_module", "get_device",
     "register_backend", "to_device", "to_numpy", "unregister_backend",
-    "keep_freed_memory", "epoch_seed", "generator", "get_seed", "get_state", "host_generator",
-    "reseed_for_epoch", "seed", "set_state",
+    "keep_freed_memory", "epoch_order", "epoch_seed", "generator", "get_seed", "get_state",
+    "host_generator", "reseed_for_epoch", "seed", "set_state",
 ]

@@ -123,3 +123,15 @@ def set_state(state: dict) -> None:
         gen = numpy.random.default_rng(_seed)
         gen.bit_generator.state = state[_CPU]
         _generators[_CPU] = gen
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> numpy.ndarray:
+    """Host sample indices (int64, (n,)) for ``epoch``: a pure function of (seed, epoch).
+
+    Shuffling happens on the host with NumPy (cupy's Generator has no
+    ``permutation``); deriving the order from (seed, epoch) alone is what
+    lets a resumed run visit the data exactly as an uninterrupted one.
+    """
+    if not shuffle:
+        return numpy.arange(n, dtype=numpy.int64)
+    return numpy.random.default_rng([int(seed), int(epoch)]).permutation(n)

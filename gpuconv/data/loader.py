@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy
 
-from ..backend import Device, get_device, get_seed, to_device
+from ..backend import Device, epoch_order, get_device, get_seed, to_device
 from .augment import Normalize
 from .datasets import ArrayDataset
 from .datasets.cifar import CIFAR10_MEAN, CIFAR10_STD
@@ -224,10 +224,7 @@ class DataLoader:
 
     def order(self, epoch: int) -> numpy.ndarray:
         """Sample indices (int64, host) in the order epoch ``epoch`` visits them."""
-        n = self.num_samples
-        if not self.shuffle:
-            return numpy.arange(n, dtype=numpy.int64)
-        return numpy.random.default_rng([self.seed, int(epoch)]).permutation(n)
+        return epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
 
     # -- iteration ----------------------------------------------------------------
     def _jobs(self, order: numpy.ndarray) -> list:

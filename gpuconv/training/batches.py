@@ -11,7 +11,8 @@ from typing import Any, Iterator
 
 import numpy
 
-from ..backend import Array, Device, device_of, get_device, host_generator, to_device
+from ..backend import (Array, Device, device_of, epoch_order, get_device, host_generator,
+                       to_device)
 
 __all__ = ["ArrayBatches", "check_batch", "bind_device"]
 
@@ -61,10 +62,7 @@ class ArrayBatches:
 
     def order(self, epoch: int) -> numpy.ndarray:
         """Sample indices (int64, shape (N,)) of epoch ``epoch``."""
-        n = len(self.x)
-        if not self.shuffle:
-            return numpy.arange(n)
-        return numpy.random.default_rng([self.seed, int(epoch)]).permutation(n)
+        return epoch_order(len(self.x), self.seed, epoch, self.shuffle)
 
     def __iter__(self) -> Iterator[tuple[Array, Array]]:
         self.epoch += 1
