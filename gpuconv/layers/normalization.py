@@ -7,6 +7,7 @@ import numpy
 
 from ..backend import Array
 from ..ops.fused import batchnorm_input_grad, batchnorm_normalize
+from ..ops.reduce import channel_sum
 from .base import Layer, Parameter
 from .conv import positive_int_tuple
 
@@ -46,24 +47,24 @@ class _BatchNorm(Layer):
     def config(self) -> dict:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
 
-    def _axes_and_shape(self, x: Array) -> tuple[tuple[int, ...], tuple[int, ...], str]:
-        """Reduction axes, the broadcast shape of per-channel vectors, and the
-        einsum spec of a per-channel sum of products (no temporary array)."""
+    def _shape_and_spec(self, x: Array) -> tuple[tuple[int, ...], str]:
+        """The broadcast shape of per-channel vectors and the einsum spec of a
+        per-channel sum of products (no temporary array)."""
         if x.ndim == 2:
-            return (0,), (1, -1), "nc,nc->c"
-        return (0, 2, 3), (1, -1, 1, 1), "nchw,nchw->c"
+            return (1, -1), "nc,nc->c"
+        return (1, -1, 1, 1), "nchw,nchw->c"
 
     def forward(self, x: Array) -> Array:
         xp = self._check_input(x, self._ndim, self.num_features, self._layout)
-        axes, bshape, dot_spec = self._axes_and_shape(x)
+        bshape, dot_spec = self._shape_and_spec(x)
         count = x.size // self.num_features
         if self.training:
             if count < 2:
                 raise ValueError(f"{self!r}: training needs more than one value per channel "
                                  f"to compute a variance, got input shape {tuple(x.shape)}")
-            mean = x.mean(axis=axes)
-            x_hat = x - mean.reshape(bshape)
-            var = xp.einsum(dot_spec, x_hat, x_hat) / count  # two-pass: exact for large means
+            mean = channel_sum(x) / count
+            centred = x - mean.reshape(bshape)
+            var = xp.einsum(dot_spec, centred, centred) / count  # two-pass: exact for large means
             m = self.momentum
             self.running_mean *= 1 - m
             self.running_mean += m * mean
@@ -71,32 +72,34 @@ class _BatchNorm(Layer):
             self.running_var += (m * count / (count - 1)) * var
         else:
             var = self.running_var
-            x_hat = x - self.running_mean.reshape(bshape)
+            centred = x - self.running_mean.reshape(bshape)
         inv_std = 1 / xp.sqrt(var + self.eps)
-        y = batchnorm_normalize(x_hat, inv_std, self.weight.data, self.bias.data)
-        self._cache = (x_hat, inv_std, self.training)
+        y = batchnorm_normalize(centred, inv_std, self.weight.data, self.bias.data)
+        # the centred input (not x_hat = centred * inv_std) is kept: one pass less per step
+        self._cache = (centred, inv_std, self.training)
         return y
 
     def backward(self, dy: Array) -> Array:
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
-        x_hat, inv_std, used_batch_stats = self._cache
-        if tuple(dy.shape) != tuple(x_hat.shape):
-            raise ValueError(f"{self!r}: backward expected dy of shape {tuple(x_hat.shape)}, "
+        centred, inv_std, used_batch_stats = self._cache
+        if tuple(dy.shape) != tuple(centred.shape):
+            raise ValueError(f"{self!r}: backward expected dy of shape {tuple(centred.shape)}, "
                              f"got {tuple(dy.shape)}")
         xp = self._check_input(dy, self._ndim, self.num_features, self._layout)
-        axes, bshape, dot_spec = self._axes_and_shape(dy)
-        dbeta = dy.sum(axis=axes)
-        dgamma = xp.einsum(dot_spec, dy, x_hat)
+        bshape, dot_spec = self._shape_and_spec(dy)
+        dbeta = channel_sum(dy)
+        dgamma = xp.einsum(dot_spec, dy, centred) * inv_std  # sum(dy * x_hat)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         scale = self.weight.data * inv_std
         if not used_batch_stats:  # running statistics are constants
             return dy * scale.reshape(bshape)
         count = dy.size // self.num_features
-        # d/dx of gamma * (x - mean) / std when mean and var come from x itself
-        return batchnorm_input_grad(dy, x_hat, scale, dbeta * (1.0 / count),
-                                    dgamma * (1.0 / count))
+        # d/dx of gamma * (x - mean) / std when mean and var come from x itself;
+        # x_hat * mean(dy * x_hat) == centred * (inv_std * dgamma / count)
+        return batchnorm_input_grad(dy, centred, scale, dbeta * (1.0 / count),
+                                    dgamma * (inv_std / count))
 
 
 class BatchNorm1d(_BatchNorm):

@@ -46,29 +46,27 @@ extern "C" __global__ void adam_update_${T}(
 # BatchNorm2d, 1 for BatchNorm1d; the channel of flat index i is (i / inner) % C.
 BN_NORMALIZE_SOURCE = r"""
 extern "C" __global__ void bn_normalize_${T}(
-        ${T}* __restrict__ x_hat, ${T}* __restrict__ y, const ${T}* __restrict__ inv_std,
+        const ${T}* __restrict__ centred, ${T}* __restrict__ y, const ${T}* __restrict__ inv_std,
         const ${T}* __restrict__ gamma, const ${T}* __restrict__ beta,
         const long long inner, const long long channels, const long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)blockDim.x * gridDim.x) {
         const long long c = (i / inner) % channels;
-        const ${T} v = x_hat[i] * inv_std[c];
-        x_hat[i] = v;
-        y[i] = v * gamma[c] + beta[c];
+        y[i] = centred[i] * inv_std[c] * gamma[c] + beta[c];
     }
 }
 """
 
 BN_INPUT_GRAD_SOURCE = r"""
 extern "C" __global__ void bn_input_grad_${T}(
-        const ${T}* __restrict__ dy, const ${T}* __restrict__ x_hat, ${T}* __restrict__ dx,
+        const ${T}* __restrict__ dy, const ${T}* __restrict__ centred, ${T}* __restrict__ dx,
         const ${T}* __restrict__ scale, const ${T}* __restrict__ mean_dy,
-        const ${T}* __restrict__ mean_dy_xhat,
+        const ${T}* __restrict__ centred_coef,
         const long long inner, const long long channels, const long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)blockDim.x * gridDim.x) {
         const long long c = (i / inner) % channels;
-        dx[i] = scale[c] * (dy[i] - mean_dy[c] - x_hat[i] * mean_dy_xhat[c]);
+        dx[i] = scale[c] * (dy[i] - mean_dy[c] - centred[i] * centred_coef[c]);
     }
 }
 """

@@ -27,45 +27,47 @@ def _launch(xp, name: str, dtype, n: int, args: tuple) -> None:
     get_kernel(xp, name, dtype)((blocks,), (_THREADS,), args)
 
 
-def batchnorm_normalize(x_hat: Array, inv_std: Array, gamma: Array, beta: Array,
+def batchnorm_normalize(centred: Array, inv_std: Array, gamma: Array, beta: Array,
                         use_kernel: bool | None = None) -> Array:
-    """Scale centred ``x_hat`` (N, C, ...) by ``inv_std`` (C,) in place; return
-    ``y = x_hat * gamma + beta`` (a new array). Per-channel vectors are (C,)."""
-    xp = get_array_module(x_hat, inv_std, gamma, beta)
-    channels = x_hat.shape[1]
-    inner = x_hat.size // (x_hat.shape[0] * channels)
+    """``y = centred * inv_std * gamma + beta`` (a new array) for ``centred`` (N, C, ...)
+    = x minus its per-channel mean; per-channel vectors are (C,). ``centred`` is
+    not modified."""
+    xp = get_array_module(centred, inv_std, gamma, beta)
+    channels = centred.shape[1]
+    inner = centred.size // (centred.shape[0] * channels) if centred.size else 1
     if use_kernel is None:
-        use_kernel = _use_cuda_kernel(xp, x_hat, inv_std, gamma, beta)
+        use_kernel = _use_cuda_kernel(xp, centred, inv_std, gamma, beta)
     if use_kernel:
-        y = xp.empty_like(x_hat)
-        _launch(xp, "bn_normalize", x_hat.dtype, x_hat.size,
-                (x_hat, y, inv_std, gamma, beta, xp.int64(inner), xp.int64(channels),
-                 xp.int64(x_hat.size)))
+        y = xp.empty_like(centred)
+        _launch(xp, "bn_normalize", centred.dtype, centred.size,
+                (centred, y, inv_std, gamma, beta, xp.int64(inner), xp.int64(channels),
+                 xp.int64(centred.size)))
         return y
-    bshape = (1, channels) + (1,) * (x_hat.ndim - 2)
-    x_hat *= inv_std.reshape(bshape)
-    y = x_hat * gamma.reshape(bshape)
+    bshape = (1, channels) + (1,) * (centred.ndim - 2)
+    y = centred * (gamma * inv_std).reshape(bshape)   # two passes over the batch
     y += beta.reshape(bshape)
     return y
 
 
-def batchnorm_input_grad(dy: Array, x_hat: Array, scale: Array, mean_dy: Array,
-                         mean_dy_xhat: Array, use_kernel: bool | None = None) -> Array:
-    """``dx = scale * (dy - mean_dy - x_hat * mean_dy_xhat)`` with per-channel (C,)
-    vectors broadcast over (N, C, ...): BatchNorm's input gradient in training mode."""
-    xp = get_array_module(dy, x_hat, scale, mean_dy, mean_dy_xhat)
+def batchnorm_input_grad(dy: Array, centred: Array, scale: Array, mean_dy: Array,
+                         centred_coef: Array, use_kernel: bool | None = None) -> Array:
+    """``dx = scale * (dy - mean_dy - centred * centred_coef)`` with per-channel (C,)
+    vectors broadcast over (N, C, ...): BatchNorm's input gradient in training mode
+    (``scale = gamma * inv_std``, ``mean_dy`` the channel means of dy and
+    ``centred_coef = inv_std**2 * mean(dy * centred)``)."""
+    xp = get_array_module(dy, centred, scale, mean_dy, centred_coef)
     channels = dy.shape[1]
     if use_kernel is None:
-        use_kernel = _use_cuda_kernel(xp, dy, x_hat, scale, mean_dy, mean_dy_xhat)
+        use_kernel = _use_cuda_kernel(xp, dy, centred, scale, mean_dy, centred_coef)
     if use_kernel:
         dx = xp.empty_like(dy)
         _launch(xp, "bn_input_grad", dy.dtype, dy.size,
-                (dy, x_hat, dx, scale, mean_dy, mean_dy_xhat,
+                (dy, centred, dx, scale, mean_dy, centred_coef,
                  xp.int64(dy.size // (dy.shape[0] * channels)), xp.int64(channels),
                  xp.int64(dy.size)))
         return dx
     bshape = (1, channels) + (1,) * (dy.ndim - 2)
-    dx = x_hat * (-mean_dy_xhat).reshape(bshape)   # four passes, no other temporary
+    dx = centred * (-centred_coef).reshape(bshape)   # four passes, no other temporary
     dx += dy
     dx -= mean_dy.reshape(bshape)
     dx *= scale.reshape(bshape)
