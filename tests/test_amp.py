@@ -367,3 +367,22 @@ def test_fused_cuda_kernels_only_for_one_float32_or_float64_dtype(monkeypatch):
     assert fused._use_cuda_kernel(numpy, a32.astype(numpy.float64))
     assert not fused._use_cuda_kernel(numpy, a16, a16)   # no float16 kernels: xp path
     assert not fused._use_cuda_kernel(numpy, a32, a16)   # mixed dtypes: xp path
+
+
+@pytest.mark.filterwarnings("ignore:(overflow|invalid value) encountered:RuntimeWarning")
+def test_cli_amp_run_on_fake_cupy_records_amp(tmp_path):
+    """The whole command under --amp on the strict fake CuPy (a non-CPU device)."""
+    import json
+
+    import fakecupy
+    from synthetic_cifar import write_cifar
+
+    fakecupy.register()
+    root = write_cifar(tmp_path / "data", n_train=48, n_test=8, layout="py")
+    out = tmp_path / "run"
+    assert main(["train", "--amp", "--device", fakecupy.DEVICE, "--data-dir", str(root),
+                 "--model", "tiny-cnn", "--epochs", "1", "--val-split", "16",
+                 "--batch-size", "16", "--eval-batch-size", "16", "--out", str(out),
+                 "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["settings"]["amp"] is True
+    assert load_checkpoint(out / "checkpoint.npz").extra["grad_scaler"]["scale"] > 0
