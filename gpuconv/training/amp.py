@@ -6,7 +6,8 @@ The design is autocast-style (Keras' ``mixed_float16`` policy, ``torch.autocast`
   The parameters stay float32 and are the master weights, so the optimizers
   are unchanged. Conv2D, Conv1D and Dense cast their input and a copy of
   their weights to float16 and compute in float16 (on CuPy a float16
-  ``matmul`` is a cuBLAS GEMM with float32 accumulation); their weight and
+  ``matmul`` is a cuBLAS GEMM, which with CuPy's default compute type should
+  accumulate in float32; not yet checked on a GPU); their weight and
   bias gradients are added into the float32 ``.grad``. BatchNorm normalises
   float16 inputs in float32 and returns float16. Parameter-free layers run
   in whatever dtype they receive. The model output is float16: compute the
