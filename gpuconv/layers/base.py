@@ -65,6 +65,7 @@ class Layer:
     """
 
     _buffer_names: tuple[str, ...] = ()
+    _compute_dtype: numpy.dtype | None = None  # mixed-precision policy (set_compute_dtype)
 
     def __init__(self) -> None:
         self.training = True
@@ -175,6 +176,44 @@ class Layer:
             return p.data.dtype
         return None
 
+    # ---- mixed precision (see gpuconv.training.amp) --------------------------
+    @property
+    def compute_dtype(self) -> numpy.dtype | None:
+        """The dtype this layer computes in under a mixed-precision policy, or None
+        (the default: compute in the parameters' dtype)."""
+        return self._compute_dtype
+
+    def set_compute_dtype(self, dtype: Any) -> "Layer":
+        """Set the compute dtype policy of this layer and all its sub-layers; returns self.
+
+        ``dtype``: a floating dtype such as ``"float16"``, or None to turn the
+        policy off. Parameters keep their dtype (they are the float32 master
+        weights). Under a float16 policy the GEMM layers (Conv2D, Conv1D,
+        Dense) cast their input and a copy of their weights to float16 and
+        return float16; BatchNorm accepts float16, normalises in its
+        parameters' dtype and returns float16; parameter gradients stay in
+        the parameters' dtype. See :mod:`gpuconv.training.amp`.
+        """
+        if dtype is not None:
+            dtype = numpy.dtype(dtype)
+            if dtype.kind != "f":
+                raise TypeError(f"{self.name}.set_compute_dtype: expected a floating dtype or "
+                                f"None, got {dtype}")
+        self._compute_dtype = dtype
+        for child in self.children():
+            child.set_compute_dtype(dtype)
+        return self
+
+    def _autocast_dtype(self) -> numpy.dtype | None:
+        """The compute dtype when it differs from the parameters' dtype, else None."""
+        dtype = self._compute_dtype
+        if dtype is None:
+            return None
+        params = self.parameters()
+        if not params or params[0].data.dtype == dtype:
+            return None
+        return dtype
+
     def state_dict(self) -> dict[str, Array]:
         """Parameters and buffers by dotted name (arrays on the layer's device)."""
         state = {name: p.data for name, p in self.named_parameters()}
@@ -210,7 +249,8 @@ class Layer:
 
         Raises ValueError for a wrong rank or channel count and TypeError
         when ``x`` lives on another device or has another dtype than the
-        layer's parameters.
+        layer's parameters. Under a mixed-precision policy
+        (:meth:`set_compute_dtype`) the compute dtype is accepted too.
         """
         shape = getattr(x, "shape", None)
         if shape is None or len(shape) != ndim:
@@ -227,7 +267,8 @@ class Layer:
             except TypeError:
                 raise TypeError(f"{self!r}: input is {describe(x)} but the parameters are "
                                 f"{describe(p)}; move the input or the layer with .to(device)") from None
-            if x.dtype != p.dtype:
+            if x.dtype != p.dtype and (self._compute_dtype is None
+                                       or x.dtype != self._compute_dtype):
                 raise TypeError(f"{self!r}: input dtype {x.dtype} does not match parameter "
                                 f"dtype {p.dtype}; cast with .astype() first")
             return xp

@@ -60,6 +60,7 @@ class _Conv(Layer):
                               "bias") if self.use_bias else None
         self._cache = None
         self._cache_workspace: Workspace | None = None
+        self._cache_amp = None  # (low-precision weight, bias, input dtype) under autocast
 
     def config(self) -> dict:
         padding = self.padding if isinstance(self.padding, str) else list(self.padding)
@@ -79,15 +80,41 @@ class _Conv(Layer):
         ph, pw = self.padding if len(self.padding) == 2 else (0, self.padding[0])
         return (ph, ph, pw, pw)
 
-    def _forward_2d(self, x4: Array, weight4: Array, kernel, stride, dilation,
-                    layout: str) -> Array:
+    # ---- mixed precision: float32 master weights, GEMMs in the compute dtype ----------
+    def _autocast_forward(self, x: Array) -> tuple[Array, Array, Array | None]:
+        """``(x, weight, bias)`` for the GEMM: as they are, or under a float16 policy
+        (:meth:`Layer.set_compute_dtype`) cast to it (the weight copy is kept for backward)."""
+        dtype = self._autocast_dtype()
+        bias = self.bias.data if self.bias is not None else None
+        if dtype is None:
+            self._cache_amp = None
+            return x, self.weight.data, bias
+        weight = self.weight.data.astype(dtype)
+        bias = None if bias is None else bias.astype(dtype)
+        self._cache_amp = (weight, bias, x.dtype)
+        return x.astype(dtype, copy=False), weight, bias
+
+    def _autocast_backward(self, dy: Array) -> tuple[Array, Array]:
+        """``(dy, weight)`` for the backward GEMMs, matching what forward used."""
+        if self._cache_amp is None:
+            return dy, self.weight.data
+        weight = self._cache_amp[0]
+        return dy.astype(weight.dtype, copy=False), weight
+
+    def _autocast_dx(self, dx: Array | None) -> Array | None:
+        """The input gradient in the dtype the input had."""
+        if dx is None or self._cache_amp is None:
+            return dx
+        return dx.astype(self._cache_amp[2], copy=False)
+
+    def _forward_2d(self, x4: Array, weight4: Array, bias: Array | None, kernel, stride,
+                    dilation, layout: str) -> Array:
         padding = self._padding_2d(x4.shape[2:], kernel, stride, dilation)
         out_hw = [output_size(x4.shape[2 + a], kernel[a], stride[a], padding[2 * a],
                               padding[2 * a + 1], dilation[a]) for a in (0, 1)]
         if min(out_hw) < 1:
             raise ValueError(f"{self!r}: input {layout} of spatial size {tuple(x4.shape[2:])} is "
                              f"smaller than the dilated kernel; output would be {tuple(out_hw)}")
-        bias = self.bias.data if self.bias is not None else None
         if self._cache_workspace is None:  # scratch buffers reused from step to step
             self._cache_workspace = Workspace()
         y, cols = conv2d_forward(x4, weight4, bias, stride, padding, dilation,
@@ -107,6 +134,7 @@ class _Conv(Layer):
                                              dilation, self.bias is not None,
                                              workspace=self._cache_workspace,
                                              need_input_grad=need_input_grad)
+        # under autocast dweight/dbias are float16: += upcasts into the float32 grads
         self.weight.grad += dweight.reshape(self.weight.grad.shape)
         if self.bias is not None:
             self.bias.grad += dbias
@@ -114,7 +142,8 @@ class _Conv(Layer):
 
 
 class Conv2D(_Conv):
-    """2-D convolution: x (N, C_in, H, W) -> y (N, C_out, OH, OW), float32 or float64.
+    """2-D convolution: x (N, C_in, H, W) -> y (N, C_out, OH, OW), float32 or float64
+    (float16 compute under a mixed-precision policy, see :mod:`gpuconv.training.amp`).
 
     ``weight`` (C_out, C_in, KH, KW), ``bias`` (C_out,). ``padding`` is an
     int, a (ph, pw) tuple, ``"valid"`` (0) or ``"same"`` (output size
@@ -130,15 +159,18 @@ class Conv2D(_Conv):
 
     def forward(self, x: Array) -> Array:
         self._check_input(x, 4, self.in_channels, "(N, C, H, W)")
-        return self._forward_2d(x, self.weight.data, self.kernel_size, self.stride,
+        x, weight, bias = self._autocast_forward(x)
+        return self._forward_2d(x, weight, bias, self.kernel_size, self.stride,
                                 self.dilation, "(N, C, H, W)")
 
     def backward(self, dy: Array) -> Array:
-        return self._backward_2d(dy, self.weight.data, self.kernel_size, self.stride,
-                                 self.dilation)
+        dy, weight = self._autocast_backward(dy)
+        return self._autocast_dx(self._backward_2d(dy, weight, self.kernel_size, self.stride,
+                                                   self.dilation))
 
     def backward_params(self, dy: Array) -> None:
-        self._backward_2d(dy, self.weight.data, self.kernel_size, self.stride, self.dilation,
+        dy, weight = self._autocast_backward(dy)
+        self._backward_2d(dy, weight, self.kernel_size, self.stride, self.dilation,
                           need_input_grad=False)
 
 
@@ -157,23 +189,26 @@ class Conv1D(_Conv):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias,
                          weight_init, bias_init, dtype)
 
-    def _as_2d(self) -> tuple[Array, tuple, tuple, tuple]:
-        w = self.weight.data
+    def _as_2d(self, w: Array) -> tuple[Array, tuple, tuple, tuple]:
         return (w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]), (1, self.kernel_size[0]),
                 (1, self.stride[0]), (1, self.dilation[0]))
 
     def forward(self, x: Array) -> Array:
         self._check_input(x, 3, self.in_channels, "(N, C, L)")
-        weight4, kernel, stride, dilation = self._as_2d()
-        y = self._forward_2d(x[:, :, None, :], weight4, kernel, stride, dilation, "(N, C, L)")
+        x, weight, bias = self._autocast_forward(x)
+        weight4, kernel, stride, dilation = self._as_2d(weight)
+        y = self._forward_2d(x[:, :, None, :], weight4, bias, kernel, stride, dilation,
+                             "(N, C, L)")
         return y[:, :, 0, :]
 
     def backward(self, dy: Array) -> Array:
-        weight4, kernel, stride, dilation = self._as_2d()
+        dy, weight = self._autocast_backward(dy)
+        weight4, kernel, stride, dilation = self._as_2d(weight)
         dx = self._backward_2d(dy[:, :, None, :], weight4, kernel, stride, dilation)
-        return dx[:, :, 0, :]
+        return self._autocast_dx(dx[:, :, 0, :])
 
     def backward_params(self, dy: Array) -> None:
-        weight4, kernel, stride, dilation = self._as_2d()
+        dy, weight = self._autocast_backward(dy)
+        weight4, kernel, stride, dilation = self._as_2d(weight)
         self._backward_2d(dy[:, :, None, :], weight4, kernel, stride, dilation,
                           need_input_grad=False)

@@ -15,6 +15,9 @@ class Dense(Layer):
     """x (N, in_features) -> y (N, out_features); ``weight`` (in, out), ``bias`` (out,).
 
     Note the weight layout is the transpose of ``torch.nn.Linear.weight``.
+    Under a float16 policy (:meth:`Layer.set_compute_dtype`) the product runs
+    in float16 with a float16 copy of the float32 weights; the gradients are
+    added into the float32 ``.grad`` and ``dx`` has the input's dtype.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
@@ -31,6 +34,7 @@ class Dense(Layer):
         self.bias = Parameter(self.bias_init((self.out_features,), *fans, numpy, dtype),
                               "bias") if self.use_bias else None
         self._cache = None
+        self._cache_amp = None  # (low-precision weight, input dtype) under autocast
 
     def config(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features,
@@ -39,23 +43,47 @@ class Dense(Layer):
 
     def forward(self, x: Array) -> Array:
         self._check_input(x, 2, self.in_features, "(N, in_features)")
+        dtype = self._autocast_dtype()
+        if dtype is None:
+            self._cache_amp = None
+            self._cache = x
+            y = x @ self.weight.data
+            if self.bias is not None:
+                y += self.bias.data
+            return y
+        weight = self.weight.data.astype(dtype)  # one cast per forward, kept for backward
+        self._cache_amp = (weight, x.dtype)
+        x = x.astype(dtype, copy=False)
         self._cache = x
-        y = x @ self.weight.data
+        y = x @ weight
         if self.bias is not None:
-            y += self.bias.data
+            y += self.bias.data.astype(dtype)
         return y
 
     def backward(self, dy: Array) -> Array:
-        self.backward_params(dy)
-        return dy @ self.weight.data.T
+        if self._cache_amp is None:
+            self.backward_params(dy)
+            return dy @ self.weight.data.T
+        weight, in_dtype = self._cache_amp
+        dy = dy.astype(weight.dtype, copy=False)
+        self._backward_params(dy)
+        return (dy @ weight.T).astype(in_dtype, copy=False)
 
     def backward_params(self, dy: Array) -> None:
+        if self._cache_amp is not None:
+            dy = dy.astype(self._cache_amp[0].dtype, copy=False)
+        self._backward_params(dy)
+
+    def _backward_params(self, dy: Array) -> None:
         x = self._cache
         if x is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
         if tuple(dy.shape) != (x.shape[0], self.out_features):
             raise ValueError(f"{self!r}: backward expected dy of shape "
                              f"{(x.shape[0], self.out_features)}, got {tuple(dy.shape)}")
-        self.weight.grad += x.T @ dy
+        self.weight.grad += x.T @ dy  # under autocast: a float16 product, upcast by +=
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=0)
+            if dy.dtype == self.bias.grad.dtype:
+                self.bias.grad += dy.sum(axis=0)
+            else:  # float16 dy: accumulate the sum in the gradient's dtype
+                self.bias.grad += dy.sum(axis=0, dtype=self.bias.grad.dtype)

@@ -30,8 +30,10 @@ class _DropoutBase(Layer):
         if self.p == 1.0:
             mask = xp.zeros(shape, dtype=x.dtype)
         else:
-            # one draw in the input's dtype; the scale folds into the mask
-            keep = generator(xp).random(shape, dtype=x.dtype) >= self.p
+            # one draw in the input's dtype (float32 for float16 inputs: the generators
+            # of NumPy and CuPy draw only float32/float64); the scale folds into the mask
+            draw = x.dtype if x.dtype.itemsize >= 4 else xp.float32
+            keep = generator(xp).random(shape, dtype=draw) >= self.p
             mask = keep.astype(x.dtype) * (1.0 / (1.0 - self.p))
         self._cache = mask
         return x * mask

@@ -20,6 +20,10 @@ class _BatchNorm(Layer):
     variance with ``momentum`` (PyTorch's rule). Eval: the running statistics
     normalise. ``weight`` (gamma, init 1) and ``bias`` (beta, init 0) are
     learnable; the running statistics are buffers, never optimised.
+
+    Under a mixed-precision policy (:meth:`Layer.set_compute_dtype`) a float16
+    input is normalised in the parameters' dtype (float32 statistics, running
+    statistics and gradients) and the output and ``dx`` are float16 again.
     """
 
     _buffer_names = ("running_mean", "running_var")
@@ -56,6 +60,9 @@ class _BatchNorm(Layer):
 
     def forward(self, x: Array) -> Array:
         xp = self._check_input(x, self._ndim, self.num_features, self._layout)
+        in_dtype = x.dtype
+        if in_dtype != self.weight.data.dtype:  # float16 under autocast: work in float32
+            x = x.astype(self.weight.data.dtype)
         bshape, dot_spec = self._shape_and_spec(x)
         count = x.size // self.num_features
         if self.training:
@@ -76,17 +83,19 @@ class _BatchNorm(Layer):
         inv_std = 1 / xp.sqrt(var + self.eps)
         y = batchnorm_normalize(centred, inv_std, self.weight.data, self.bias.data)
         # the centred input (not x_hat = centred * inv_std) is kept: one pass less per step
-        self._cache = (centred, inv_std, self.training)
-        return y
+        self._cache = (centred, inv_std, self.training, in_dtype)
+        return y if y.dtype == in_dtype else y.astype(in_dtype)
 
     def backward(self, dy: Array) -> Array:
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
-        centred, inv_std, used_batch_stats = self._cache
+        centred, inv_std, used_batch_stats, in_dtype = self._cache
         if tuple(dy.shape) != tuple(centred.shape):
             raise ValueError(f"{self!r}: backward expected dy of shape {tuple(centred.shape)}, "
                              f"got {tuple(dy.shape)}")
         xp = self._check_input(dy, self._ndim, self.num_features, self._layout)
+        if dy.dtype != centred.dtype:  # float16 under autocast
+            dy = dy.astype(centred.dtype)
         bshape, dot_spec = self._shape_and_spec(dy)
         dbeta = channel_sum(dy)
         dgamma = xp.einsum(dot_spec, dy, centred) * inv_std  # sum(dy * x_hat)
@@ -94,12 +103,14 @@ class _BatchNorm(Layer):
         self.bias.grad += dbeta
         scale = self.weight.data * inv_std
         if not used_batch_stats:  # running statistics are constants
-            return dy * scale.reshape(bshape)
-        count = dy.size // self.num_features
-        # d/dx of gamma * (x - mean) / std when mean and var come from x itself;
-        # x_hat * mean(dy * x_hat) == centred * (inv_std * dgamma / count)
-        return batchnorm_input_grad(dy, centred, scale, dbeta * (1.0 / count),
-                                    dgamma * (inv_std / count))
+            dx = dy * scale.reshape(bshape)
+        else:
+            count = dy.size // self.num_features
+            # d/dx of gamma * (x - mean) / std when mean and var come from x itself;
+            # x_hat * mean(dy * x_hat) == centred * (inv_std * dgamma / count)
+            dx = batchnorm_input_grad(dy, centred, scale, dbeta * (1.0 / count),
+                                      dgamma * (inv_std / count))
+        return dx if dx.dtype == in_dtype else dx.astype(in_dtype)
 
 
 class BatchNorm1d(_BatchNorm):

@@ -38,6 +38,7 @@ class Residual(Layer):
                 raise TypeError(f"Residual: body and shortcut must be layers, got {part!r}")
         if not self.body:
             raise ValueError("Residual: body must contain at least one layer")
+        self._cache = None
 
     def children(self) -> list[Layer]:
         return self.body + self.shortcut
@@ -59,7 +60,15 @@ class Residual(Layer):
             raise ValueError(f"Residual: body output shape {tuple(main.shape)} does not match "
                              f"shortcut output shape {tuple(skip.shape)}; give a shortcut that "
                              "maps the input to the body's output shape")
+        # under a float16 policy the branches may differ (float16 body, float32 identity
+        # shortcut of a float32 input): the sum promotes, and backward hands each branch
+        # its gradient in the dtype that branch produced
+        self._cache = (main.dtype, skip.dtype)
         return main + skip
 
     def backward(self, dy: Array) -> Array:
-        return _chain_back(self.body, dy) + _chain_back(self.shortcut, dy)
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward()")
+        main_dtype, skip_dtype = self._cache
+        return (_chain_back(self.body, dy.astype(main_dtype, copy=False))
+                + _chain_back(self.shortcut, dy.astype(skip_dtype, copy=False)))

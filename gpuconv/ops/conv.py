@@ -83,7 +83,10 @@ def conv2d_backward(dy: Array, cols: Array, weight: Array, x_shape: tuple[int, i
         dy_mat[..., ow:] = 0
     dy_mat = dy_mat.reshape(out_channels, -1)
     dweight = (dy_mat @ cols.reshape(-1, dy_mat.shape[1]).T).reshape(weight.shape)
-    dbias = dy_mat.sum(axis=1) if need_bias else None
+    # float16 (mixed precision) sums of N*OH*OW terms lose digits: accumulate in float32,
+    # as cuBLAS does for the float16 GEMMs
+    wide = xp.float32 if dy.dtype == xp.float16 else None
+    dbias = dy_mat.sum(axis=1, dtype=wide) if need_bias else None
     if not need_input_grad:
         return None, dweight, dbias
     dcols = scratch(workspace, "dcols", cols.shape, dy.dtype, xp)

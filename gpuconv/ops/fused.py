@@ -18,7 +18,11 @@ _MAX_BLOCKS = 4096
 
 
 def _use_cuda_kernel(xp, *arrays: Array) -> bool:
-    return backend_of_module(xp).name == "cuda" and all(a.flags.c_contiguous for a in arrays)
+    # the raw kernels exist for float32/float64 and take every array in one dtype; anything
+    # else (float16 under mixed precision) runs the xp reference path
+    return (backend_of_module(xp).name == "cuda" and all(a.flags.c_contiguous for a in arrays)
+            and len({a.dtype for a in arrays}) == 1
+            and arrays[0].dtype.name in ("float32", "float64"))
 
 
 def _launch(xp, name: str, dtype, n: int, args: tuple) -> None:

@@ -19,6 +19,17 @@ NaN/Inf losses (``nan_policy``):
   and ``History.skipped_batches``. BatchNorm running statistics were already
   updated by that batch's forward pass; a per-batch scheduler still steps.
 
+Mixed precision (``amp=True`` or a ``grad_scaler``; see :mod:`gpuconv.training.amp`):
+the model computes in float16, the loss is computed on the float32 cast of its
+output, the loss gradient is multiplied by the scaler's scale, and after the
+backward pass :meth:`GradScaler.unscale_` divides the float32 gradients by it
+and reads one finite/non-finite flag (the one host sync per step). A step
+whose gradients overflowed is not applied (the optimizer does not see it, so
+Adam's moments never absorb an inf) and is counted in ``logs["amp_skipped"]``;
+that is expected while the scale adapts and is not a ``nan_policy`` error.
+``logs["amp_scale"]`` is the scale at the end of the epoch; the scaler state is
+saved in checkpoints and restored on resume.
+
 Epochs are numbered from 1; ``fit(epochs=E)`` trains up to epoch ``E`` in
 total, so resuming a checkpoint of epoch ``k`` trains epochs ``k+1 .. E``.
 
@@ -39,6 +50,7 @@ from typing import Any, Iterable, Sequence
 from ..backend import (Array, Device, device_of, get_array_module, get_device, keep_freed_memory,
                        reseed_for_epoch, set_state, to_numpy)
 from ..layers.base import Layer
+from .amp import GradScaler, enable_mixed_precision
 from .batches import ArrayBatches, bind_device, check_batch
 from .callbacks import Callback, CallbackList, History
 from .checkpoint import load_checkpoint, restore_model, save_checkpoint
@@ -88,6 +100,15 @@ def _nan_error(epoch: int, stats: EpochStats) -> FloatingPointError:
         "nan_policy='skip' to skip such batches.")
 
 
+def loss_input(model: Layer, pred: Array) -> Array:
+    """``pred`` in the model's parameter dtype: a float16 output of a mixed-precision
+    model is cast to float32 so that the loss (softmax, log) is computed in float32."""
+    dtype = model.dtype
+    if dtype is None or pred.dtype == dtype or getattr(pred.dtype, "kind", "") != "f":
+        return pred
+    return pred.astype(dtype)
+
+
 def _lr(optimizer: Any) -> float | None:
     lr = getattr(optimizer, "lr", None)
     return None if lr is None else float(lr)
@@ -97,8 +118,11 @@ class _Run:
     """State of one ``fit`` call (keeps ``fit`` itself readable)."""
 
     def __init__(self, model, train_data, epochs, optimizer, loss, val_data, callbacks,
-                 scheduler, verbose, nan_policy, checkpoint_path) -> None:
+                 scheduler, verbose, nan_policy, checkpoint_path,
+                 scaler: GradScaler | None = None) -> None:
         self.model, self.epochs, self.optimizer, self.loss = model, epochs, optimizer, loss
+        self.scaler = scaler
+        self.amp_skipped = 0       # steps of the current epoch skipped for inf/NaN gradients
         self.device = model_device(model)
         self.train_data = bind_device(train_data, self.device)
         self.val_data = None if val_data is None else bind_device(val_data, self.device)
@@ -122,6 +146,9 @@ class _Run:
             self.scheduler.load_state_dict(ckpt.scheduler_state)
         if ckpt.lr is not None and hasattr(self.optimizer, "lr"):
             self.optimizer.lr = ckpt.lr
+        scaler_state = ckpt.extra.get("grad_scaler")
+        if self.scaler is not None and scaler_state:
+            self.scaler.load_state_dict(scaler_state)
         loader_state = ckpt.extra.get("loader")
         if loader_state is not None and hasattr(self.train_data, "load_state_dict"):
             self.train_data.load_state_dict(loader_state)
@@ -134,6 +161,8 @@ class _Run:
         extra: dict[str, Any] = {"callbacks": self.callbacks.state_dict(), "epochs": self.epochs}
         if hasattr(self.train_data, "state_dict"):
             extra["loader"] = self.train_data.state_dict()
+        if self.scaler is not None:
+            extra["grad_scaler"] = self.scaler.state_dict()
         if interrupted:
             extra["interrupted"] = {"epoch": self.position[0], "step": self.position[1]}
         save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler,
@@ -142,9 +171,11 @@ class _Run:
     # ---- one epoch ---------------------------------------------------------------------
     def train_epoch(self, epoch: int, stats: EpochStats, progress: EpochProgress) -> int:
         """Run the optimisation steps of one epoch; returns the number of skipped batches."""
-        model, optimizer, loss = self.model, self.optimizer, self.loss
+        model, optimizer, loss, scaler = self.model, self.optimizer, self.loss, self.scaler
+        params = model.parameters()
         model.train()
         skipped = 0
+        self.amp_skipped = 0
         for step, batch in enumerate(self.train_data, 1):
             self.position = (epoch, step)
             where = f"fit (epoch {epoch}, step {step})"
@@ -152,14 +183,23 @@ class _Run:
             check_batch(x, y, self.device, where)
             optimizer.zero_grad()
             pred = model.forward(x)
-            value = loss.forward(pred, y)
+            value = loss.forward(loss_input(model, pred), y)
             if self.skip and not bool(to_numpy(get_array_module(value).isfinite(value))):
                 skipped += 1  # per-step sync: only in 'skip' mode
                 model.clear_cache()
             else:
                 correct = correct_count(pred, y)
-                model.backward_params(loss.backward())  # the input gradient is not needed
-                optimizer.step()
+                if scaler is None:
+                    model.backward_params(loss.backward())  # the input gradient is not needed
+                    optimizer.step()
+                else:  # mixed precision: scaled float16 backward, unscale, maybe skip
+                    dpred = scaler.scale_grad(loss.backward())
+                    model.backward_params(dpred.astype(pred.dtype, copy=False))
+                    if scaler.unscale_(params):  # the one host sync of an AMP step
+                        optimizer.step()
+                    else:
+                        self.amp_skipped += 1
+                    scaler.update()
                 stats.add(value, correct, x.shape[0])
                 self.callbacks.on_batch_end(step, {"size": int(x.shape[0]), "loss": value})
             if self.per_batch:
@@ -193,6 +233,9 @@ class _Run:
                     "val_loss": None, "val_accuracy": None, "lr": lr, "time": None,
                     "images_per_s": stats.samples / train_time if train_time > 0 else None,
                     "skipped": skipped}
+            if self.scaler is not None:
+                logs["amp_skipped"] = self.amp_skipped
+                logs["amp_scale"] = self.scaler.scale
             if self.val_data is not None:
                 val = evaluate(self.model, self.val_data, self.loss)
                 logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
@@ -235,7 +278,8 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
         val_data: Iterable | None = None, callbacks: Sequence[Callback] = (),
         scheduler: Any = None, verbose: int = 1,
         resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
-        checkpoint_path: "str | os.PathLike | None" = None) -> History:
+        checkpoint_path: "str | os.PathLike | None" = None, amp: bool = False,
+        grad_scaler: GradScaler | None = None) -> History:
     """Train ``model`` (see :meth:`gpuconv.training.model.Sequential.fit`)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
@@ -253,10 +297,17 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
         raise TypeError("fit: train_data must be an iterable of (x, y) batches, not an "
                         "(x, y) pair; wrap arrays in gpuconv.training.loop.ArrayBatches(x, y, "
                         "batch_size)")
+    if grad_scaler is not None and not isinstance(grad_scaler, GradScaler):
+        raise TypeError(f"fit: grad_scaler must be a gpuconv GradScaler, got {grad_scaler!r}")
+    if amp:
+        enable_mixed_precision(model, "float16")
+        if grad_scaler is None:
+            grad_scaler = GradScaler()
     model._fit_loss = loss
     keep_freed_memory()  # see gpuconv.backend.host_memory: no page faults per step
     run = _Run(model, train_data, epochs, optimizer, loss, val_data, callbacks, scheduler,
-               verbose, nan_policy, None if checkpoint_path is None else os.fspath(checkpoint_path))
+               verbose, nan_policy, None if checkpoint_path is None else os.fspath(checkpoint_path),
+               grad_scaler)
     with run.device.context():  # new arrays go to the model's GPU (a no-op on the CPU)
         if resume_from is not None:
             run.resume(resume_from)
@@ -282,7 +333,7 @@ def evaluate(model: Layer, data: Iterable, loss: Any = None) -> dict:
             x, y = _unpack(batch, where)
             check_batch(x, y, device, where)
             pred = model.forward(x)
-            value = None if loss is None else loss.forward(pred, y)
+            value = None if loss is None else loss.forward(loss_input(model, pred), y)
             stats.add(value, correct_count(pred, y), x.shape[0])
     stats.sync()
     if stats.steps == 0:

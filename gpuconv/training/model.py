@@ -35,7 +35,8 @@ class Sequential(_Sequential):
             val_data: Iterable | None = None, callbacks: Sequence[Callback] = (),
             scheduler: Any = None, verbose: int = 1,
             resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
-            checkpoint_path: "str | os.PathLike | None" = None) -> History:
+            checkpoint_path: "str | os.PathLike | None" = None, amp: bool = False,
+            grad_scaler: Any = None) -> History:
         """Train for up to ``epochs`` epochs (1-based, counting resumed ones).
 
         - ``train_data``/``val_data``: re-iterable objects yielding ``(x, y)``
@@ -64,14 +65,23 @@ class Sequential(_Sequential):
         - ``resume_from``: a checkpoint to restore (model, optimizer,
           scheduler, RNG, loader and callback state, history) before
           continuing at its next epoch.
+        - ``amp``: mixed precision: set the float16 compute policy on the model
+          (:func:`gpuconv.training.amp.enable_mixed_precision`; it stays set
+          after fit) and scale the loss with a :class:`GradScaler` (a new one
+          unless ``grad_scaler`` is given). Steps whose gradients overflow are
+          skipped and counted in ``logs["amp_skipped"]``; ``logs["amp_scale"]``
+          is the scale. Meant for CUDA (NumPy float16 GEMMs are very slow).
+        - ``grad_scaler``: a :class:`gpuconv.training.amp.GradScaler` to use
+          (its state is saved in checkpoints and restored on resume).
 
         Returns the :class:`History`: per-epoch logs with ``epoch, loss,
-        accuracy, val_loss, val_accuracy, lr, time, images_per_s, skipped``.
+        accuracy, val_loss, val_accuracy, lr, time, images_per_s, skipped`` (and
+        ``amp_skipped, amp_scale`` with a grad scaler).
         """
         return loop.fit(self, train_data, epochs, optimizer, loss, val_data=val_data,
                         callbacks=callbacks, scheduler=scheduler, verbose=verbose,
                         resume_from=resume_from, nan_policy=nan_policy,
-                        checkpoint_path=checkpoint_path)
+                        checkpoint_path=checkpoint_path, amp=amp, grad_scaler=grad_scaler)
 
     def evaluate(self, data: Iterable, loss: Any = None) -> dict:
         """``{"loss", "accuracy", "samples"}`` over ``data`` in eval mode (see

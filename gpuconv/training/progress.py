@@ -34,7 +34,7 @@ def _fmt(value: Any) -> str:
 def format_logs(logs: dict) -> str:
     """``"loss=0.3 accuracy=0.9 ..."`` for the numeric entries of an epoch's logs."""
     keys = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "time",
-            "skipped")
+            "skipped", "amp_skipped", "amp_scale")
     return " ".join(f"{k}={_fmt(logs[k])}" for k in keys if logs.get(k) is not None)
 
 
