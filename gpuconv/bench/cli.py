@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=_positive, help="warm-up runs per row (default 2)")
     parser.add_argument("--cooldown", type=float, metavar="SECONDS",
                         help="untimed pause before each switch of backend on the CPU, so one "
-                             "library's spinning threads do not slow the next (default 0.1)")
+                             "library's spinning threads do not slow the next (default 0.25)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--reference", metavar="PATH",
                         help="the PyTorch reference file (default: benchmarks/torch_reference.py "

@@ -11,6 +11,10 @@ On the CPU, each switch to another backend is preceded by an untimed pause
 (``cooldown``): the thread pools of one library (OpenBLAS, PyTorch's OpenMP)
 keep spinning on the cores for a while after their last call, and would
 otherwise steal those cores from the next backend in the same process.
+OpenBLAS's workers busy-wait 2**28 cycles (~0.11 s at 2.5 GHz) after a
+GEMM: measured on the 2-core CI machine, a PyTorch seed-CNN step right
+after a NumPy GEMM took 245 ms, 207-234 ms after a 0.1 s pause, and
+153-162 ms after 0.15 s or more; hence the default of 0.25 s.
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ class BenchConfig:
     dtype: str = "float32"
     peak_size: int | None = None  # None: PEAK_SIZES per device
     peak_reps: int = 5
-    cooldown: float = 0.1  # seconds of pause before switching backends on the CPU
+    cooldown: float = 0.25  # seconds of pause before switching backends on the CPU (see above)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     def validate(self) -> None:
