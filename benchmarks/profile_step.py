@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     rng = numpy.random.default_rng(0)
     ours = time_gpuconv(args.batch, args.steps, rng)
+    time.sleep(0.5)  # let OpenBLAS's spinning workers go idle before PyTorch runs
     theirs = time_torch(args.batch, args.steps, rng)
     print(report(ours, theirs))
     if theirs is None:
