@@ -65,31 +65,39 @@ class _BatchNorm(Layer):
             x = x.astype(self.weight.data.dtype)
         bshape, dot_spec = self._shape_and_spec(x)
         count = x.size // self.num_features
-        if self.training:
-            if count < 2:
-                raise ValueError(f"{self!r}: training needs more than one value per channel "
-                                 f"to compute a variance, got input shape {tuple(x.shape)}")
-            mean = channel_sum(x) / count
-            centred = x - mean.reshape(bshape)
-            var = xp.einsum(dot_spec, centred, centred) / count  # two-pass: exact for large means
-            m = self.momentum
-            self.running_mean *= 1 - m
-            self.running_mean += m * mean
-            self.running_var *= 1 - m
-            self.running_var += (m * count / (count - 1)) * var
-        else:
-            var = self.running_var
-            centred = x - self.running_mean.reshape(bshape)
+        if not self.training:
+            return self._forward_running_stats(x, xp, bshape, in_dtype)
+        if count < 2:
+            raise ValueError(f"{self!r}: training needs more than one value per channel "
+                             f"to compute a variance, got input shape {tuple(x.shape)}")
+        mean = channel_sum(x) / count
+        centred = x - mean.reshape(bshape)
+        var = xp.einsum(dot_spec, centred, centred) / count  # two-pass: exact for large means
+        m = self.momentum
+        self.running_mean *= 1 - m
+        self.running_mean += m * mean
+        self.running_var *= 1 - m
+        self.running_var += (m * count / (count - 1)) * var
         inv_std = 1 / xp.sqrt(var + self.eps)
         y = batchnorm_normalize(centred, inv_std, self.weight.data, self.bias.data)
         # the centred input (not x_hat = centred * inv_std) is kept: one pass less per step
-        self._cache = (centred, inv_std, self.training, in_dtype)
+        self._cache = (centred, inv_std, None, in_dtype)
+        return y if y.dtype == in_dtype else y.astype(in_dtype)
+
+    def _forward_running_stats(self, x: Array, xp, bshape: tuple[int, ...], in_dtype) -> Array:
+        """Eval mode: ``y = x * scale + shift`` per channel, two passes over x (the form
+        PyTorch's CPU inference uses); x itself is kept for a backward pass."""
+        inv_std = 1 / xp.sqrt(self.running_var + self.eps)
+        scale = self.weight.data * inv_std
+        y = x * scale.reshape(bshape)
+        y += (self.bias.data - self.running_mean * scale).reshape(bshape)
+        self._cache = (x, inv_std, self.running_mean.copy(), in_dtype)
         return y if y.dtype == in_dtype else y.astype(in_dtype)
 
     def backward(self, dy: Array) -> Array:
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
-        centred, inv_std, used_batch_stats, in_dtype = self._cache
+        centred, inv_std, running_mean, in_dtype = self._cache
         if tuple(dy.shape) != tuple(centred.shape):
             raise ValueError(f"{self!r}: backward expected dy of shape {tuple(centred.shape)}, "
                              f"got {tuple(dy.shape)}")
@@ -97,6 +105,9 @@ class _BatchNorm(Layer):
         if dy.dtype != centred.dtype:  # float16 under autocast
             dy = dy.astype(centred.dtype)
         bshape, dot_spec = self._shape_and_spec(dy)
+        used_batch_stats = running_mean is None
+        if not used_batch_stats:  # eval mode kept x: centre it on the statistics it used
+            centred = centred - running_mean.reshape(bshape)
         dbeta = channel_sum(dy)
         dgamma = xp.einsum(dot_spec, dy, centred) * inv_std  # sum(dy * x_hat)
         self.weight.grad += dgamma
