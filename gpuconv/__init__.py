@@ -11,7 +11,7 @@ import sys as _sys
 from . import backend, layers
 from .backend import get_device, seed
 from .data import datasets
-from .layers import init
+from .layers import init, no_grad
 from .training import amp, losses, metrics, optim
 from .training.model import Sequential
 from .training.optim import lr_scheduler as _lr_scheduler
@@ -28,4 +28,4 @@ _sys.modules[__name__ + ".optim.lr_scheduler"] = _lr_scheduler
 __version__ = "0.1.0"
 
 __all__ = ["backend", "layers", "init", "datasets", "losses", "metrics", "optim", "amp",
-           "Sequential", "load_model", "get_device", "seed", "__version__"]
+           "Sequential", "load_model", "get_device", "seed", "no_grad", "__version__"]

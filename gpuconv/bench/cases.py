@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy
 
 from ..backend import get_device, seed, to_device
+from ..layers import no_grad
 from ..training.losses import SoftmaxCrossEntropy
 from ..training.optim import Adam
 from ..training.serialization import MODEL_FORMAT, MODEL_VERSION, build_model
@@ -48,9 +49,13 @@ class Backend:
 
 def _step_function(workload: Workload, model: Any, arrays: dict[str, Any]) -> Callable[[], Any]:
     x = arrays["x"]
-    if workload.mode == "eval":
+    if workload.mode == "eval":  # like torch.inference_mode in the reference
         model.eval()
-        return lambda: model.forward(x)
+
+        def infer() -> Any:
+            with no_grad():
+                return model.forward(x)
+        return infer
     model.train()
     if workload.mode == "fwd":
         return lambda: model.forward(x)

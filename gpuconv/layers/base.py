@@ -8,12 +8,40 @@ CPU model and a GPU model can live in one process.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from types import ModuleType
 from typing import Any, Iterator
 
 import numpy
 
 from ..backend import Array, Device, device_of, get_array_module, get_device, to_device
+
+
+_grad_mode = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    """False inside :func:`no_grad` (in this thread), else True."""
+    return getattr(_grad_mode, "enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad() -> Iterator[None]:
+    """Forward passes in this block keep nothing for a backward pass, like ``torch.no_grad``.
+
+    Layers skip what only backward needs (max pooling's argmax, for one) and
+    drop their caches, so inference is faster and holds less memory; a
+    ``backward`` after such a forward raises RuntimeError. BatchNorm in
+    training mode still updates its running statistics. Thread-local;
+    ``evaluate`` and ``predict`` run in it.
+    """
+    previous = is_grad_enabled()
+    _grad_mode.enabled = False
+    try:
+        yield
+    finally:
+        _grad_mode.enabled = previous
 
 
 class Parameter:

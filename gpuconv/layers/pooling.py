@@ -6,7 +6,7 @@ from typing import Any
 from ..backend import Array
 from ..ops.pooling import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                            max_pool2d_forward, pooled_size)
-from .base import Layer
+from .base import Layer, is_grad_enabled
 from .conv import positive_int_tuple
 
 
@@ -41,7 +41,8 @@ class _Pool2D(Layer):
 
     def _check_dy(self, dy: Array) -> None:
         if self._cache is None:
-            raise RuntimeError(f"{self!r}: backward() called before forward()")
+            raise RuntimeError(f"{self!r}: backward() called before forward() (or after a "
+                               f"forward under gpuconv.no_grad(), which keeps nothing)")
         expected = self._cache[-1]
         if tuple(dy.shape) != tuple(expected):
             raise ValueError(f"{self!r}: backward expected dy of shape {tuple(expected)}, "
@@ -57,8 +58,10 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x: Array) -> Array:
         self._check(x)
-        y, argmax = max_pool2d_forward(x, self.kernel_size, self.stride, self._pad4)
-        self._cache = (argmax, x.shape, y.shape)
+        keep = is_grad_enabled()
+        y, argmax = max_pool2d_forward(x, self.kernel_size, self.stride, self._pad4,
+                                       need_argmax=keep)
+        self._cache = (argmax, x.shape, y.shape) if keep else None
         return y
 
     def backward(self, dy: Array) -> Array:

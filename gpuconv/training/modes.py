@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from ..layers.base import Layer
+from ..layers.base import Layer, no_grad
 
 __all__ = ["evaluating"]
 
@@ -17,12 +17,14 @@ def _all_layers(layer: Layer) -> Iterator[Layer]:
 
 @contextlib.contextmanager
 def evaluating(model: Layer) -> Iterator[Layer]:
-    """Put every layer of ``model`` in eval mode; on exit restore each layer's own
-    ``training`` flag and drop the arrays cached for backward (``clear_cache``)."""
+    """Put every layer of ``model`` in eval mode under :func:`~gpuconv.layers.no_grad`
+    (no backward follows); on exit restore each layer's own ``training`` flag and
+    drop the arrays cached for backward (``clear_cache``)."""
     flags = [(layer, layer.training) for layer in _all_layers(model)]
     model.eval()
     try:
-        yield model
+        with no_grad():
+            yield model
     finally:
         for layer, flag in flags:
             layer.training = flag
