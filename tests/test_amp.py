@@ -21,20 +21,10 @@ from gpuconv.training import amp as amp_module
 from gpuconv.training.amp import GradScaler, enable_mixed_precision
 from gpuconv.training.checkpoint import load_checkpoint
 from gpuconv.training.loop import ArrayBatches
+from toy_data import blob_images
 
 F16 = numpy.dtype(numpy.float16)
 F32 = numpy.dtype(numpy.float32)
-
-
-def blob_images(n: int = 96, seed: int = 0):
-    """(n, 1, 8, 8) float32 images whose class (0/1/2) is where a bright 3x3 blob sits."""
-    rng = numpy.random.default_rng(seed)
-    x = rng.normal(0.0, 0.3, size=(n, 1, 8, 8))
-    y = rng.integers(0, 3, size=n)
-    for i, c in enumerate(y):
-        r, col = [(0, 0), (0, 5), (5, 2)][c]
-        x[i, 0, r:r + 3, col:col + 3] += 1.5
-    return x.astype(numpy.float32), y.astype(numpy.int64)
 
 
 def small_cnn(seed: int = 0) -> gpuconv.Sequential:

@@ -19,23 +19,13 @@ from gpuconv.training import progress
 from gpuconv.training.callbacks import (LOG_FIELDS, Callback, EarlyStopping, HistoryLogger,
                                         ModelCheckpoint)
 from gpuconv.training.loop import ArrayBatches
+from toy_data import blob_images
 
 
 def parity_data() -> tuple[numpy.ndarray, numpy.ndarray]:
     """3-bit parity (XOR of 3 bits): 8 samples, float64 inputs in {-1, 1}."""
     bits = numpy.array([[(i >> k) & 1 for k in range(3)] for i in range(8)])
     return (2.0 * bits - 1.0), bits.sum(axis=1) % 2
-
-
-def blob_images(n: int = 96, seed: int = 0, dtype=numpy.float32):
-    """(n, 1, 8, 8) images whose class (0/1/2) is where a bright 3x3 blob sits."""
-    rng = numpy.random.default_rng(seed)
-    x = rng.normal(0.0, 0.3, size=(n, 1, 8, 8))
-    y = rng.integers(0, 3, size=n)
-    for i, c in enumerate(y):
-        r, col = [(0, 0), (0, 5), (5, 2)][c]
-        x[i, 0, r:r + 3, col:col + 3] += 1.5
-    return x.astype(dtype), y.astype(numpy.int64)
 
 
 def small_cnn(dtype="float32", dropout: float = 0.0) -> gpuconv.Sequential:
