@@ -7,7 +7,7 @@ import pytest
 import gpuconv
 from gpuconv.backend import to_device, to_numpy
 from gpuconv.cli.presets import build_preset
-from gpuconv.layers import MaxPool2D, is_grad_enabled, no_grad
+from gpuconv.layers import BatchNorm2d, MaxPool2D, is_grad_enabled, no_grad
 from gpuconv.ops.pooling import max_pool2d_forward
 
 
@@ -43,13 +43,15 @@ def test_max_pool_without_argmax_gives_the_same_maxima(device, kernel, stride, p
     assert to_numpy(y_fast).flags.c_contiguous
 
 
-def test_backward_after_a_no_grad_forward_raises():
-    pool = MaxPool2D(2)
-    x = np.ones((1, 1, 4, 4), np.float32)
+@pytest.mark.parametrize("layer", [MaxPool2D(2), BatchNorm2d(1), BatchNorm2d(1).eval()],
+                         ids=["maxpool", "batchnorm-train", "batchnorm-eval"])
+def test_backward_after_a_no_grad_forward_raises(layer):
+    x = np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    layer.forward(x)  # a cache from an earlier forward must not survive
     with no_grad():
-        y = pool.forward(x)
+        y = layer.forward(x)
     with pytest.raises(RuntimeError, match="no_grad"):
-        pool.backward(np.ones_like(y))
+        layer.backward(np.ones_like(y))
 
 
 def test_seed_cnn_eval_outputs_are_identical_with_and_without_no_grad(device):

@@ -8,7 +8,7 @@ import numpy
 from ..backend import Array
 from ..ops.fused import batchnorm_input_grad, batchnorm_normalize
 from ..ops.reduce import channel_sum
-from .base import Layer, Parameter
+from .base import Layer, Parameter, is_grad_enabled
 from .conv import positive_int_tuple
 
 
@@ -81,7 +81,7 @@ class _BatchNorm(Layer):
         inv_std = 1 / xp.sqrt(var + self.eps)
         y = batchnorm_normalize(centred, inv_std, self.weight.data, self.bias.data)
         # the centred input (not x_hat = centred * inv_std) is kept: one pass less per step
-        self._cache = (centred, inv_std, None, in_dtype)
+        self._cache = (centred, inv_std, None, in_dtype) if is_grad_enabled() else None
         return y if y.dtype == in_dtype else y.astype(in_dtype)
 
     def _forward_running_stats(self, x: Array, xp, bshape: tuple[int, ...], in_dtype) -> Array:
@@ -91,12 +91,14 @@ class _BatchNorm(Layer):
         scale = self.weight.data * inv_std
         y = x * scale.reshape(bshape)
         y += (self.bias.data - self.running_mean * scale).reshape(bshape)
-        self._cache = (x, inv_std, self.running_mean.copy(), in_dtype)
+        self._cache = ((x, inv_std, self.running_mean.copy(), in_dtype) if is_grad_enabled()
+                       else None)
         return y if y.dtype == in_dtype else y.astype(in_dtype)
 
     def backward(self, dy: Array) -> Array:
         if self._cache is None:
-            raise RuntimeError(f"{self!r}: backward() called before forward()")
+            raise RuntimeError(f"{self!r}: backward() called before forward() (or after a "
+                               f"forward under gpuconv.no_grad(), which keeps nothing)")
         centred, inv_std, running_mean, in_dtype = self._cache
         if tuple(dy.shape) != tuple(centred.shape):
             raise ValueError(f"{self!r}: backward expected dy of shape {tuple(centred.shape)}, "
