@@ -13,8 +13,9 @@ training-mode forward with autograd recording (what gpuconv's forward, which
 caches for backward, corresponds to); ``fwdbwd`` also back-propagates the
 fixed ``dy`` (the input requires grad, as gpuconv always computes dx);
 ``train`` is zero_grad + forward + ``cross_entropy`` + backward +
-``torch.optim.Adam`` (defaults, lr 1e-3); ``eval`` runs ``model.eval()``
-under ``torch.inference_mode()``.
+``torch.optim.Adam`` (defaults, lr 1e-3); ``train-amp`` the same step under
+``torch.autocast(float16)`` with ``torch.amp.GradScaler``; ``eval`` runs
+``model.eval()`` under ``torch.inference_mode()``.
 
 Precision: float32 GEMMs and convolutions run in full float32 (TF32 off)
 unless ``CUPY_TF32=1`` is set, in which case TF32 is allowed in PyTorch too,
@@ -161,6 +162,18 @@ def _step_function(workload: Workload, model: torch.nn.Module,
         return forward_backward
     labels = arrays["labels"]
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    if workload.mode == "train-amp":  # PyTorch's recipe: autocast + GradScaler
+        device_type = x.device.type
+        scaler = torch.amp.GradScaler(device_type)
+
+        def amp_train_step() -> Any:
+            optimizer.zero_grad()
+            with torch.autocast(device_type, dtype=torch.float16):
+                logits = model(x)
+            scaler.scale(torch.nn.functional.cross_entropy(logits.float(), labels)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        return amp_train_step
 
     def train_step() -> Any:
         optimizer.zero_grad()

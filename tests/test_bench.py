@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tracemalloc
 import types
+import warnings
 from pathlib import Path
 
 import numpy
@@ -29,7 +30,7 @@ from gpuconv.bench.timing import (CpuTimer, CupyPoolProbe, EventTimer, NullProbe
                                   TracemallocProbe, cupy_event_timer)
 from gpuconv.bench.workloads import (Workload, all_workloads, conv_workloads, make_inputs,
                                      select)
-from gpuconv.backend import cuda_is_available
+from gpuconv.backend import cuda_is_available, to_numpy
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "benchmarks" / "torch_reference.py"
@@ -284,8 +285,11 @@ def test_gpuconv_case_runs_every_mode(device):
     for workload in all_workloads(tiny=True):
         inputs = make_inputs(workload, 2)
         case = build_gpuconv_case(workload, inputs, device, CpuTimer())
-        case.step()
-        assert case.timer.measure(case.step) > 0
+        with warnings.catch_warnings():
+            if workload.mode == "train-amp":  # its first steps overflow float16 (then skipped)
+                warnings.simplefilter("ignore", RuntimeWarning)
+            case.step()
+            assert case.timer.measure(case.step) > 0
         assert case.state["x"] is not inputs["x"]  # own copy: counted by the memory probe
 
 
@@ -312,6 +316,7 @@ def test_sgemm_peak_counts_2n3_flops():
 def test_select_by_substring_and_glob():
     workloads = all_workloads(tiny=True)
     assert [w.name for w in select(workloads, ["seed-cnn"])] == ["seed-cnn:train",
+                                                                 "seed-cnn:train-amp",
                                                                  "seed-cnn:eval"]
     assert all(w.name.endswith(":fwd") for w in select(workloads, ["conv*:fwd"]))
     assert len(select(workloads, None)) == len(workloads)
@@ -388,6 +393,61 @@ def test_invalid_settings_exit_2(capsys):
     assert "matches no workload" in capsys.readouterr().err
     if not cuda_is_available():
         assert main(["--tiny", "--no-torch", "--device", "cuda"]) == 2
+
+
+def _amp_workload():
+    return next(w for w in all_workloads(tiny=True) if w.mode == "train-amp")
+
+
+def test_train_amp_workload_is_cuda_only_and_left_out_on_the_cpu_with_a_note():
+    workload = _amp_workload()
+    assert workload.name == "seed-cnn:train-amp" and workload.devices == ("cuda",)
+    assert "labels" in make_inputs(workload, 2)
+    report = run(BenchConfig(batch_sizes=(2,), reps=1, warmup=1, tiny=True, use_torch=False,
+                             workloads=("seed-cnn",), device="cpu", peak_size=64, peak_reps=1,
+                             cooldown=0.0, command=["test"]), log=lambda _: None)
+    assert [w["name"] for w in report["workloads"]] == ["seed-cnn:train", "seed-cnn:eval"]
+    assert {r["workload"] for r in report["results"]} == {"seed-cnn:train", "seed-cnn:eval"}
+    assert any(n.startswith("seed-cnn:train-amp left out: it runs only on cuda")
+               for n in report["notes"])
+
+
+def test_gpuconv_train_amp_case_trains_in_float16_with_float32_master_weights(device):
+    workload = _amp_workload()
+    case = build_gpuconv_case(workload, make_inputs(workload, 4), device, CpuTimer())
+    model = case.state["model"]
+    before = [to_numpy(p.data).copy() for p in model.parameters()]
+    with warnings.catch_warnings():  # overflowing float16 steps (then skipped) warn on NumPy
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(20):  # the loss scale starts at 2**16 and halves per overflowing step
+            case.step()
+            if not numpy.array_equal(before[0], to_numpy(model.parameters()[0].data)):
+                break
+    assert all(layer.compute_dtype == numpy.float16 for layer in model)
+    assert all(p.data.dtype == numpy.float32 for p in model.parameters())
+    changed = [not numpy.array_equal(b, to_numpy(p.data))
+               for b, p in zip(before, model.parameters())]
+    assert all(changed), "a step with finite gradients updates every weight"
+    assert all(numpy.isfinite(to_numpy(p.data)).all() for p in model.parameters())
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_torch_reference_train_amp_step_runs_with_autocast_and_grad_scaler():
+    """The reference's AMP step, on the CPU (torch.autocast supports float16 there): the
+    same code path the CUDA rows use, minus the device."""
+    import torch
+    ref = load_reference(REFERENCE)
+    workload = _amp_workload()
+    backend = ref.module.make_backend("cpu")
+    case = backend.build(workload, make_inputs(workload, 4))
+    before = [p.detach().clone() for p in case.state["model"].parameters()]
+    after = list(case.state["model"].parameters())
+    for _ in range(20):  # as on our side: overflowing steps at the first scales are skipped
+        case.step()
+        if not torch.equal(before[0], after[0].detach()):
+            break
+    assert all(p.dtype == torch.float32 for p in after)
+    assert all(not torch.equal(b, a.detach()) for b, a in zip(before, after))
 
 
 def test_run_without_torch_in_process(tmp_path):

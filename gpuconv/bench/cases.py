@@ -15,6 +15,7 @@ import numpy
 
 from ..backend import get_device, seed, to_device
 from ..layers import no_grad
+from ..training.amp import GradScaler, enable_mixed_precision, scaled_backward_step
 from ..training.losses import SoftmaxCrossEntropy
 from ..training.optim import Adam
 from ..training.serialization import MODEL_FORMAT, MODEL_VERSION, build_model
@@ -69,6 +70,18 @@ def _step_function(workload: Workload, model: Any, arrays: dict[str, Any]) -> Ca
     labels = arrays["labels"]
     loss = SoftmaxCrossEntropy()
     optimizer = Adam(model.parameters(), lr=LEARNING_RATE)
+    if workload.mode == "train-amp":  # as fit(amp=True)
+        enable_mixed_precision(model, "float16")
+        scaler = GradScaler()
+        params = model.parameters()
+        master_dtype = params[0].data.dtype
+
+        def amp_train_step() -> Any:
+            optimizer.zero_grad()
+            pred = model.forward(x)
+            loss.forward(pred.astype(master_dtype), labels)  # the loss in float32
+            scaled_backward_step(model, optimizer, loss, pred, scaler, params)
+        return amp_train_step
 
     def train_step() -> Any:
         optimizer.zero_grad()

@@ -31,7 +31,7 @@ from .peak import measure_sgemm_peak
 from .reference import Reference, load_reference
 from .stats import summarize
 from .timing import CpuTimer, cupy_event_timer
-from .workloads import Workload, all_workloads, make_inputs, select
+from .workloads import Workload, all_workloads, make_inputs, runs_on, select
 
 __all__ = ["SCHEMA", "BenchConfig", "resolve_devices", "measure_group", "add_ratios",
            "measure_peaks", "run"]
@@ -240,11 +240,11 @@ def _measure_all(config: BenchConfig, workloads: Sequence[Workload], devices: Se
                  groups: dict[str, list[Backend]], peaks: dict[str, dict],
                  log: Callable[[str], None]) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
-    total = len(workloads) * len(config.batch_sizes) * len(devices)
+    total = sum(runs_on(w, d) for w in workloads for d in devices) * len(config.batch_sizes)
     done = 0
     for workload in workloads:
         for batch in config.batch_sizes:
-            for device in devices:
+            for device in [d for d in devices if runs_on(workload, d)]:
                 rows = measure_group(workload, int(batch), groups[device], config.reps,
                                      config.warmup, config.dtype, peaks[device]["gflops"],
                                      config.cooldown if device == "cpu" else 0.0)
@@ -268,6 +268,10 @@ def run(config: BenchConfig, log: Callable[[str], None] = _stderr) -> dict[str, 
     if not malloc_tuned:
         notes.append("glibc malloc tuning not applied (GPUCONV_MALLOC_TUNING=0 or not glibc)")
     workloads = select(all_workloads(config.tiny), config.workloads)
+    for w in [w for w in workloads if not any(runs_on(w, d) for d in devices)]:
+        workloads.remove(w)
+        notes.append(f"{w.name} left out: it runs only on {', '.join(w.devices or ())}"
+                     + (" (NumPy has no float16 BLAS)" if w.mode == "train-amp" else ""))
     if config.use_torch:
         reference = load_reference(config.reference)
     else:

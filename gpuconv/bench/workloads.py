@@ -14,7 +14,14 @@ Modes:
   (input and parameter gradients);
 - ``train``: one full training step: zero grads, forward,
   softmax cross-entropy, backward, Adam update;
+- ``train-amp``: the training step in float16 mixed precision (gpuconv's
+  ``--amp``: float16 compute, float32 master weights, dynamic loss scaling;
+  the reference: ``torch.autocast`` + ``torch.amp.GradScaler``). CUDA only:
+  NumPy has no float16 BLAS;
 - ``eval``: inference forward in eval mode.
+
+A workload may be limited to some devices (``devices``); a run whose devices
+are all excluded leaves it out with a note.
 """
 from __future__ import annotations
 
@@ -28,9 +35,10 @@ from .presets import SEED_CNN, SEED_CNN_INPUT, seed_cnn_specs
 from .stats import conv2d_flops, conv2d_output_size
 
 __all__ = ["MODES", "Workload", "conv_workloads", "layer_workloads", "model_workloads",
-           "all_workloads", "select", "make_inputs", "NUM_CLASSES"]
+           "all_workloads", "select", "make_inputs", "runs_on", "NUM_CLASSES", "TRAIN_MODES"]
 
-MODES = ("fwd", "fwdbwd", "train", "eval")
+MODES = ("fwd", "fwdbwd", "train", "train-amp", "eval")
+TRAIN_MODES = ("train", "train-amp")
 NUM_CLASSES = 10
 
 
@@ -45,9 +53,10 @@ class Workload:
     input_shape: tuple[int, ...]  # one sample, without the batch axis
     output_shape: tuple[int, ...] | None = None  # one sample (needed for fwdbwd's dy)
     flops_per_sample: int | None = None  # floating-point ops per sample (conv rows)
-    num_classes: int | None = None  # train mode: label range
+    num_classes: int | None = None  # train modes: label range
     description: str = ""
     source: str = "gpuconv.bench.workloads"
+    devices: tuple[str, ...] | None = None  # the devices it runs on (None: all)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -55,8 +64,8 @@ class Workload:
                              f"got {self.mode!r}")
         if self.mode == "fwdbwd" and self.output_shape is None:
             raise ValueError(f"workload {self.name!r}: fwdbwd needs output_shape")
-        if self.mode == "train" and not self.num_classes:
-            raise ValueError(f"workload {self.name!r}: train needs num_classes")
+        if self.mode in TRAIN_MODES and not self.num_classes:
+            raise ValueError(f"workload {self.name!r}: {self.mode} needs num_classes")
 
     def flops(self, batch: int) -> int | None:
         """Floating-point operations of one repetition at ``batch`` (None if not counted)."""
@@ -67,7 +76,8 @@ class Workload:
                 "input_shape": list(self.input_shape),
                 "output_shape": None if self.output_shape is None else list(self.output_shape),
                 "flops_per_sample": self.flops_per_sample, "description": self.description,
-                "source": self.source, "layers": self.layers}
+                "source": self.source, "devices": None if self.devices is None else
+                list(self.devices), "layers": self.layers}
 
 
 # ---- per-layer workloads ---------------------------------------------------------------
@@ -159,13 +169,19 @@ def layer_workloads(tiny: bool = False) -> list[Workload]:
 
 
 def model_workloads() -> list[Workload]:
-    """The seed CNN: one training step (loss + backward + Adam) and eval inference."""
+    """The seed CNN: one training step (loss + backward + Adam), the same step in mixed
+    precision (CUDA only), and eval inference."""
     specs, source = seed_cnn_specs(NUM_CLASSES)
     return [
         Workload(name=f"{SEED_CNN}:train", group="model", mode="train", layers=specs,
                  input_shape=SEED_CNN_INPUT, num_classes=NUM_CLASSES, source=source,
                  description="seed CNN training step: forward, softmax cross-entropy, "
                              "backward, Adam"),
+        Workload(name=f"{SEED_CNN}:train-amp", group="model", mode="train-amp", layers=specs,
+                 input_shape=SEED_CNN_INPUT, num_classes=NUM_CLASSES, source=source,
+                 devices=("cuda",),
+                 description="seed CNN training step in float16 mixed precision (float32 "
+                             "master weights, dynamic loss scaling); CUDA only"),
         Workload(name=f"{SEED_CNN}:eval", group="model", mode="eval", layers=specs,
                  input_shape=SEED_CNN_INPUT, source=source,
                  description="seed CNN inference: forward in eval mode"),
@@ -210,6 +226,11 @@ def make_inputs(workload: Workload, batch: int, dtype: str = "float32",
     inputs = {"x": rng.standard_normal((batch,) + tuple(workload.input_shape)).astype(dtype)}
     if workload.mode == "fwdbwd":
         inputs["dy"] = rng.standard_normal((batch,) + tuple(workload.output_shape)).astype(dtype)
-    if workload.mode == "train":
+    if workload.mode in TRAIN_MODES:
         inputs["labels"] = rng.integers(0, workload.num_classes, batch).astype(numpy.int64)
     return inputs
+
+
+def runs_on(workload: Workload, device: str) -> bool:
+    """Whether ``workload`` is measured on ``device`` ("cpu" or "cuda")."""
+    return workload.devices is None or device in workload.devices

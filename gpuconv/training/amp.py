@@ -45,7 +45,7 @@ import numpy
 from ..backend import Array, get_array_module, to_numpy
 from ..layers.base import Layer, Parameter
 
-__all__ = ["enable_mixed_precision", "GradScaler", "parameters_of"]
+__all__ = ["enable_mixed_precision", "GradScaler", "parameters_of", "scaled_backward_step"]
 
 
 def enable_mixed_precision(model: Layer, dtype: Any = "float16") -> Layer:
@@ -230,3 +230,21 @@ class GradScaler:
         return (f"GradScaler(scale={self.scale}, growth_factor={self.growth_factor}, "
                 f"backoff_factor={self.backoff_factor}, growth_interval={self.growth_interval}, "
                 f"enabled={self.enabled})")
+
+
+def scaled_backward_step(model: Layer, optimizer: Any, loss: Any, pred: Array,
+                         scaler: GradScaler, params: Any = None) -> bool:
+    """The mixed-precision second half of a training step, after
+    ``loss.forward(pred.astype(float32), y)`` on the model's (float16) output ``pred``:
+    backward of the scaled loss gradient (without the input gradient), unscale
+    (the step's one host read), ``optimizer.step()`` unless a gradient overflowed,
+    then ``scaler.update()``. ``params``: what to unscale (default: the model's
+    parameters). Returns whether the optimizer step was applied.
+    """
+    dpred = scaler.scale_grad(loss.backward())
+    model.backward_params(dpred.astype(pred.dtype, copy=False))
+    applied = scaler.unscale_(model if params is None else params)
+    if applied:
+        optimizer.step()
+    scaler.update()
+    return applied

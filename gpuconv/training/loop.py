@@ -50,7 +50,7 @@ from typing import Any, Iterable, Sequence
 from ..backend import (Array, Device, device_of, get_array_module, get_device, keep_freed_memory,
                        reseed_for_epoch, set_state, to_numpy)
 from ..layers.base import Layer
-from .amp import GradScaler, enable_mixed_precision
+from .amp import GradScaler, enable_mixed_precision, scaled_backward_step
 from .batches import ArrayBatches, bind_device, check_batch
 from .callbacks import Callback, CallbackList, History
 from .checkpoint import load_checkpoint, restore_model, save_checkpoint
@@ -192,14 +192,8 @@ class _Run:
                 if scaler is None:
                     model.backward_params(loss.backward())  # the input gradient is not needed
                     optimizer.step()
-                else:  # mixed precision: scaled float16 backward, unscale, maybe skip
-                    dpred = scaler.scale_grad(loss.backward())
-                    model.backward_params(dpred.astype(pred.dtype, copy=False))
-                    if scaler.unscale_(params):  # the one host sync of an AMP step
-                        optimizer.step()
-                    else:
-                        self.amp_skipped += 1
-                    scaler.update()
+                elif not scaled_backward_step(model, optimizer, loss, pred, scaler, params):
+                    self.amp_skipped += 1  # a gradient overflowed: step skipped
                 stats.add(value, correct, x.shape[0])
                 self.callbacks.on_batch_end(step, {"size": int(x.shape[0]), "loss": value})
             if self.per_batch:
