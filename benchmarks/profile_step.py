@@ -31,9 +31,9 @@ sys.path.insert(0, os.path.dirname(_HERE))  # the checkout's gpuconv
 
 from gpuconv.backend.host_memory import keep_freed_memory  # noqa: E402
 from gpuconv.bench.presets import seed_cnn_specs  # noqa: E402
-from gpuconv.cli.presets import build_preset  # noqa: E402
-from gpuconv.training.losses import SoftmaxCrossEntropy  # noqa: E402
-from gpuconv.training.optim import Adam  # noqa: E402
+from gpuconv.models.presets import build_preset  # noqa: E402
+from gpuconv.losses import SoftmaxCrossEntropy  # noqa: E402
+from gpuconv.optim import Adam  # noqa: E402
 
 # aten op name -> class, for PyTorch's profile (self CPU time)
 TORCH_CLASSES = {

@@ -1,29 +1,23 @@
 """gpuconv: a from-scratch CNN framework on NumPy (CPU) and CuPy (NVIDIA GPU).
 
-Package layout follows the dependency direction (each part imports only
-from parts before it): ``backend`` -> ``ops`` -> ``layers`` -> ``containers``
--> ``training`` -> ``data`` -> ``cli`` / ``bench``. The public short names
-``gpuconv.init``, ``gpuconv.losses``, ``gpuconv.optim``, ``gpuconv.metrics``,
-``gpuconv.amp`` and ``gpuconv.datasets`` are aliases of the modules inside those parts.
+The package's parts, in import order (each imports only from parts before it;
+``tests/test_architecture.py`` enforces it):
+
+1. ``backend``    the device boundary: NumPy/CuPy, devices, generators, host memory
+2. ``ops``        array kernels: im2col/col2im, pooling, reductions, fused CUDA kernels
+3. ``layers``     layers with hand-written forward/backward (+ ``layers.init``, public as ``gpuconv.init``)
+4. ``containers`` the plain layer container ``Sequential``
+5. ``losses``, ``optim`` (optimizers, ``lr_scheduler``, regularizers, clipping), ``metrics``, ``amp``
+6. ``io``         files: the safe .npz, model spec, checkpoints, atomic writes
+7. ``training``   the training loop, callbacks, progress, batches
+8. ``models``     the trainable ``Sequential``, ``load_model``, presets (``build_preset``)
+9. ``data``       datasets (public as ``gpuconv.datasets``), augmentation, ``DataLoader``
+10. ``cli``, ``bench`` the ``gpuconv`` command and its benchmarks
 """
-import sys as _sys
-
-from . import backend, layers
+from . import amp, backend, datasets, init, layers, losses, metrics, optim
 from .backend import get_device, seed
-from .data import datasets
-from .layers import init, no_grad
-from .training import amp, losses, metrics, optim
-from .training.model import Sequential
-from .training.optim import lr_scheduler as _lr_scheduler
-from .training.serialization import load_model
-
-_sys.modules[__name__ + ".init"] = init
-_sys.modules[__name__ + ".datasets"] = datasets
-_sys.modules[__name__ + ".losses"] = losses
-_sys.modules[__name__ + ".metrics"] = metrics
-_sys.modules[__name__ + ".amp"] = amp
-_sys.modules[__name__ + ".optim"] = optim
-_sys.modules[__name__ + ".optim.lr_scheduler"] = _lr_scheduler
+from .layers import no_grad
+from .models import Sequential, load_model
 
 __version__ = "0.1.0"
 

@@ -17,9 +17,9 @@ from gpuconv.layers.base import Parameter
 from gpuconv.losses import SoftmaxCrossEntropy
 from gpuconv.ops import fused
 from gpuconv.optim import SGD, Adam
-from gpuconv.training import amp as amp_module
-from gpuconv.training.amp import GradScaler, enable_mixed_precision
-from gpuconv.training.checkpoint import load_checkpoint
+from gpuconv import amp as amp_module
+from gpuconv.amp import GradScaler, enable_mixed_precision
+from gpuconv.io.checkpoint import load_checkpoint
 from gpuconv.training.loop import ArrayBatches
 from toy_data import blob_images
 

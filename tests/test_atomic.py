@@ -1,4 +1,4 @@
-"""gpuconv.training.atomic: the one atomic-write helper behind every file gpuconv writes."""
+"""gpuconv.io.atomic: the one atomic-write helper behind every file gpuconv writes."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from gpuconv.training.atomic import atomic_write, atomic_write_text
+from gpuconv.io.atomic import atomic_write, atomic_write_text
 
 
 def test_writes_content_and_creates_parent(tmp_path):

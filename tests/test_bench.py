@@ -79,18 +79,18 @@ def test_workload_set_covers_the_issue():
         assert expected in names
     assert len(names) == len(set(names))
     # the end-to-end model is the CLI's seed-cnn preset
-    from gpuconv.cli.presets import build_preset
-    from gpuconv.training.serialization import layer_spec
+    from gpuconv.models.presets import build_preset
+    from gpuconv.io.spec import layer_spec
     model = [w for w in all_workloads() if w.name == "seed-cnn:train"][0]
     assert model.layers == [layer_spec(layer) for layer in build_preset("seed-cnn")]
 
 
 def test_seed_cnn_specs_come_from_the_cli_preset():
     from gpuconv.bench.presets import SEED_CNN_INPUT, seed_cnn_specs
-    from gpuconv.cli.presets import INPUT_SHAPE, build_preset
-    from gpuconv.training.serialization import layer_spec
+    from gpuconv.models.presets import INPUT_SHAPE, build_preset
+    from gpuconv.io.spec import layer_spec
     specs, source = seed_cnn_specs(7)
-    assert source == "gpuconv.cli.presets"
+    assert source == "gpuconv.models.presets"
     assert specs == [layer_spec(x) for x in build_preset("seed-cnn", 7)]
     assert SEED_CNN_INPUT == INPUT_SHAPE
 
@@ -351,7 +351,8 @@ def test_reference_missing_or_broken_gives_a_note(tmp_path):
 def test_torch_reference_builds_identical_architectures():
     import torch
 
-    from gpuconv.training.serialization import MODEL_FORMAT, MODEL_VERSION, build_model
+    from gpuconv.models import build_model
+    from gpuconv.io.spec import MODEL_FORMAT, MODEL_VERSION
     ref = load_reference(REFERENCE)
     assert ref.available, ref.note
     specs = [w.layers for w in all_workloads()] + [[{

@@ -12,8 +12,8 @@ import pytest
 
 import gpuconv
 from gpuconv.backend import to_numpy
-from gpuconv.training.checkpoint import load_checkpoint, save_checkpoint
-from gpuconv.training.npzfile import read_npz
+from gpuconv.io.checkpoint import load_checkpoint, save_checkpoint
+from gpuconv.io.npzfile import read_npz
 
 import fakecupy
 

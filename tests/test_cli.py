@@ -15,7 +15,7 @@ import pytest
 
 from gpuconv import load_model
 from gpuconv.cli import build_parser, main
-from gpuconv.cli.presets import INPUT_SHAPE, PRESETS, build_preset
+from gpuconv.models.presets import INPUT_SHAPE, PRESETS, build_preset
 from gpuconv.training import loop
 from synthetic_cifar import make_images, write_cifar
 

@@ -574,8 +574,14 @@ def test_array_dataset():
 
 
 def test_public_alias():
+    # gpuconv.datasets is a real module (gpuconv/datasets.py) re-exporting every public
+    # name of gpuconv.data.datasets: the same objects under both names
     import gpuconv.datasets as alias
-    assert alias is gpuconv.datasets is gpuconv.data.datasets
+    assert alias is gpuconv.datasets
+    assert alias.__file__.endswith("datasets.py")
+    assert alias.__all__ == gpuconv.data.datasets.__all__
+    assert all(getattr(alias, name) is getattr(gpuconv.data.datasets, name)
+               for name in alias.__all__)
     assert alias.CIFAR10 is CIFAR10
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import gpuconv
 from gpuconv.backend import to_device, to_numpy
-from gpuconv.cli.presets import build_preset
+from gpuconv.models.presets import build_preset
 from gpuconv.layers import BatchNorm2d, MaxPool2D, is_grad_enabled, no_grad
 from gpuconv.ops.pooling import max_pool2d_forward
 

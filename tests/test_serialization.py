@@ -13,7 +13,7 @@ import gpuconv
 from gpuconv.backend import device_of, get_device, to_device, to_numpy
 from gpuconv.layers import (AvgPool2D, BatchNorm1d, BatchNorm2d, Conv2D, Dense, Dropout, Flatten,
                             GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Residual)
-from gpuconv.training.npzfile import json_array, read_json
+from gpuconv.io.npzfile import json_array, read_json
 
 
 def residual_net(dtype="float32") -> gpuconv.Sequential:

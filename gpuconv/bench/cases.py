@@ -15,10 +15,11 @@ import numpy
 
 from ..backend import get_device, seed, to_device
 from ..layers import no_grad
-from ..training.amp import GradScaler, enable_mixed_precision, scaled_backward_step
-from ..training.losses import SoftmaxCrossEntropy
-from ..training.optim import Adam
-from ..training.serialization import MODEL_FORMAT, MODEL_VERSION, build_model
+from ..amp import GradScaler, enable_mixed_precision, scaled_backward_step
+from ..losses import SoftmaxCrossEntropy
+from ..optim import Adam
+from ..io.spec import MODEL_FORMAT, MODEL_VERSION
+from ..models import build_model
 from .timing import CpuTimer, CupyPoolProbe, MemoryProbe, NullProbe, Timer, TracemallocProbe, \
     cupy_event_timer
 from .workloads import Workload

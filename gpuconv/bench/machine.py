@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy
 
+from .. import __version__
+from ..backend import get_device
+
 __all__ = ["cpu_model", "blas_info", "machine_info", "load_average", "THREAD_VARIABLES"]
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS",
@@ -58,8 +61,6 @@ def load_average() -> list[float] | None:
 
 
 def _gpu_info() -> dict:
-    from ..backend import get_device  # noqa: PLC0415
-
     xp = get_device("cuda").xp
     props = xp.cuda.runtime.getDeviceProperties(0)
     name = props.get("name", b"")
@@ -71,8 +72,6 @@ def _gpu_info() -> dict:
 
 def machine_info(devices: list[str]) -> dict:
     """CPU, cores, memory, OS, Python/NumPy/BLAS/gpuconv versions, load and (on CUDA) the GPU."""
-    from .. import __version__  # noqa: PLC0415
-
     try:
         affinity = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -1,15 +1,15 @@
 """The seed CNN the end-to-end workloads train: the CLI's ``seed-cnn`` preset.
 
-The architecture comes from :func:`gpuconv.cli.presets.build_preset` (the CLI
+The architecture comes from :func:`gpuconv.models.presets.build_preset` (the CLI
 is part of every install, and bench and cli are peers), so the benchmark
 always measures what ``gpuconv train`` trains. It is returned as JSON layer
-specs (:func:`gpuconv.training.serialization.layer_spec`), which both
+specs (:func:`gpuconv.io.spec.layer_spec`), which both
 gpuconv and the PyTorch reference build from.
 """
 from __future__ import annotations
 
-from ..cli.presets import INPUT_SHAPE, build_preset
-from ..training.serialization import layer_spec
+from ..models.presets import INPUT_SHAPE, build_preset
+from ..io.spec import layer_spec
 
 __all__ = ["SEED_CNN", "SEED_CNN_INPUT", "seed_cnn_specs"]
 
@@ -20,4 +20,4 @@ SEED_CNN_INPUT: tuple[int, int, int] = INPUT_SHAPE
 def seed_cnn_specs(num_classes: int = 10) -> tuple[list[dict], str]:
     """``(layer specs, source)`` of the seed CNN; ``source`` names where it came from."""
     layers = list(build_preset(SEED_CNN, num_classes))
-    return [layer_spec(layer) for layer in layers], "gpuconv.cli.presets"
+    return [layer_spec(layer) for layer in layers], "gpuconv.models.presets"

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..training.atomic import atomic_write_text
+from ..io.atomic import atomic_write_text
 
 __all__ = ["COLUMNS", "format_table", "table_rows", "default_json_path", "write_json",
            "write_png", "NA"]

@@ -1,7 +1,7 @@
 """What is benchmarked: framework-neutral workload descriptions and their inputs.
 
 A :class:`Workload` is a list of gpuconv layer specs (``{"type", "config"}``,
-see :func:`gpuconv.training.serialization.layer_spec`), a per-sample input
+see :func:`gpuconv.io.spec.layer_spec`), a per-sample input
 shape and a mode. gpuconv builds the layers from the specs with its own
 registry, the PyTorch reference translates the same specs to ``torch.nn``,
 and both receive the same host inputs from :func:`make_inputs`, so the two

@@ -18,7 +18,7 @@ from typing import Any
 from ..backend import Device
 from ..data.datasets import ArrayDataset
 from ..data.loader import DataLoader
-from ..training.serialization import load_model
+from ..models import load_model
 from . import run_dir as rd
 from .common import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CLIError, load_cifar10,
                      resolve_device)

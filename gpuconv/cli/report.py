@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import numpy
 
 from ..backend import to_numpy
-from ..training.metrics import classification_report, confusion_matrix, precision_recall_f1
+from ..metrics import classification_report, confusion_matrix, precision_recall_f1
 from ..training.modes import evaluating
 
 __all__ = ["collect_logits", "build_report", "format_confusion", "format_report",

@@ -26,7 +26,7 @@ from typing import Any
 import numpy
 
 from ..backend import Device
-from ..training.atomic import atomic_write_text
+from ..io.atomic import atomic_write_text
 
 __all__ = ["CONFIG", "HISTORY_JSON", "HISTORY_CSV", "MODEL", "CHECKPOINT", "REPORT_JSON",
            "REPORT_TXT", "CURVES_PNG", "CONFUSION_PNG", "default_run_dir", "machine_info",

@@ -26,16 +26,16 @@ from .. import __version__
 from ..backend import Device, seed as seed_all
 from ..data.datasets import ArrayDataset
 from ..data.loader import DataLoader
-from ..training import losses
+from .. import losses
 from ..training.callbacks import Callback, EarlyStopping, HistoryLogger, ModelCheckpoint
-from ..training.optim import SGD, Adam, AdamW, RMSprop
-from ..training.optim import lr_scheduler as sched
-from ..training.serialization import load_model
+from ..optim import SGD, Adam, AdamW, RMSprop
+from ..optim import lr_scheduler as sched
+from ..models import load_model
 from ..training.summary import count_parameters
 from . import run_dir as rd
 from .common import (AUGMENT_CHOICES, CIFAR10_MEAN, CIFAR10_STD, CLIError, build_augment,
                      eprint, load_cifar10, resolve_device, split_indices)
-from .presets import DEFAULT_PRESET, INPUT_SHAPE, PRESETS, build_preset
+from ..models.presets import DEFAULT_PRESET, INPUT_SHAPE, PRESETS, build_preset
 from .report import build_report, collect_logits, format_report, write_plots
 
 __all__ = ["add_parser", "run", "DEFAULTS", "RESUME_OVERRIDABLE"]

@@ -204,7 +204,7 @@ class Layer:
             return p.data.dtype
         return None
 
-    # ---- mixed precision (see gpuconv.training.amp) --------------------------
+    # ---- mixed precision (see gpuconv.amp) --------------------------
     @property
     def compute_dtype(self) -> numpy.dtype | None:
         """The dtype this layer computes in under a mixed-precision policy, or None
@@ -220,7 +220,7 @@ class Layer:
         Dense) cast their input and a copy of their weights to float16 and
         return float16; BatchNorm accepts float16, normalises in its
         parameters' dtype and returns float16; parameter gradients stay in
-        the parameters' dtype. See :mod:`gpuconv.training.amp`.
+        the parameters' dtype. See :mod:`gpuconv.amp`.
         """
         if dtype is not None:
             dtype = numpy.dtype(dtype)

@@ -143,7 +143,7 @@ class _Conv(Layer):
 
 class Conv2D(_Conv):
     """2-D convolution: x (N, C_in, H, W) -> y (N, C_out, OH, OW), float32 or float64
-    (float16 compute under a mixed-precision policy, see :mod:`gpuconv.training.amp`).
+    (float16 compute under a mixed-precision policy, see :mod:`gpuconv.amp`).
 
     ``weight`` (C_out, C_in, KH, KW), ``bias`` (C_out,). ``padding`` is an
     int, a (ph, pw) tuple, ``"valid"`` (0) or ``"same"`` (output size

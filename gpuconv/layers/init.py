@@ -17,6 +17,9 @@ from typing import Any
 
 from ..backend import Array, generator
 
+__all__ = ["Initializer", "Constant", "Uniform", "Normal", "XavierUniform", "XavierNormal",
+           "HeUniform", "HeNormal", "INITIALIZERS", "get", "to_config"]
+
 
 class Initializer:
     def __call__(self, shape: tuple[int, ...], fan_in: int, fan_out: int,

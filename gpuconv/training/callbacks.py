@@ -18,7 +18,7 @@ import os
 from typing import Any, Iterable
 
 from ..backend import to_device
-from .atomic import atomic_write_text
+from ..io.atomic import atomic_write_text
 
 
 __all__ = ["History", "Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint",

@@ -19,7 +19,7 @@ NaN/Inf losses (``nan_policy``):
   and ``History.skipped_batches``. BatchNorm running statistics were already
   updated by that batch's forward pass; a per-batch scheduler still steps.
 
-Mixed precision (``amp=True`` or a ``grad_scaler``; see :mod:`gpuconv.training.amp`):
+Mixed precision (``amp=True`` or a ``grad_scaler``; see :mod:`gpuconv.amp`):
 the model computes in float16, the loss is computed on the float32 cast of its
 output, the loss gradient is multiplied by the scaler's scale, and after the
 backward pass :meth:`GradScaler.unscale_` divides the float32 gradients by it
@@ -50,10 +50,10 @@ from typing import Any, Iterable, Sequence
 from ..backend import (Array, Device, device_of, get_array_module, get_device, keep_freed_memory,
                        reseed_for_epoch, set_state, to_numpy)
 from ..layers.base import Layer
-from .amp import GradScaler, enable_mixed_precision, scaled_backward_step
+from ..amp import GradScaler, enable_mixed_precision, scaled_backward_step
 from .batches import ArrayBatches, bind_device, check_batch
 from .callbacks import Callback, CallbackList, History
-from .checkpoint import load_checkpoint, restore_model, save_checkpoint
+from ..io.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from .modes import evaluating
 from .progress import EpochProgress
 from .stats import EpochStats, correct_count
@@ -274,7 +274,7 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
         resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
         checkpoint_path: "str | os.PathLike | None" = None, amp: bool = False,
         grad_scaler: GradScaler | None = None) -> History:
-    """Train ``model`` (see :meth:`gpuconv.training.model.Sequential.fit`)."""
+    """Train ``model`` (see :meth:`gpuconv.models.Sequential.fit`)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
     if nan_policy not in NAN_POLICIES:

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Union
 
-from ...backend import Array, get_array_module
-from ...layers.base import Parameter
+from ..backend import Array, get_array_module
+from ..layers.base import Parameter
 
 __all__ = ["Regularizer", "L1", "L2", "ElasticNet", "Include"]
 

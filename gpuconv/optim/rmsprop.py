@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...backend import Array, get_array_module
-from ...layers.base import Parameter
+from ..backend import Array, get_array_module
+from ..layers.base import Parameter
 from .base import Optimizer, check_range
 from .regularizers import Regularizer
 

@@ -1,4 +1,4 @@
-"""Saving and loading whole models: one .npz file, safe by construction.
+"""Model files: the architecture document and the arrays of one .npz, safe by construction.
 
 File layout (``numpy.savez``, no pickles anywhere):
 
@@ -24,22 +24,20 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy
 
-from ..backend import Device, get_device
+from ..backend import to_numpy
 from ..containers.sequential import Sequential as _BaseSequential
 from ..layers import LAYER_TYPES
 from ..layers.base import Layer
 from ..layers.residual import Residual
-from .npzfile import atomic_savez, json_array, read_json, read_npz
+from .npzfile import atomic_savez, json_array, read_npz
 
-if TYPE_CHECKING:
-    from .model import Sequential
-
-__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "layer_spec", "model_spec", "model_arrays",
-           "build_model", "check_model_arrays", "save_model", "load_model", "registry"]
+__all__ = ["MODEL_FORMAT", "MODEL_VERSION", "ARCHITECTURE_KEY", "CHECKPOINT_KEY", "layer_spec",
+           "model_spec", "model_arrays", "build_layers", "check_model_spec", "check_model_arrays",
+           "save_model", "read_model_file", "registry"]
 
 MODEL_FORMAT = "gpuconv-model"
 MODEL_VERSION = 1
@@ -47,12 +45,12 @@ ARCHITECTURE_KEY = "architecture"
 CHECKPOINT_KEY = "checkpoint"  # the metadata entry of training checkpoints (checkpoint.py)
 
 
-def registry() -> dict[str, type]:
-    """Layer types a file may name: ``gpuconv.layers.LAYER_TYPES`` plus ``Sequential``."""
-    from .model import Sequential  # noqa: PLC0415 - model imports this module
-
+def registry(sequential: type = _BaseSequential) -> dict[str, type]:
+    """Layer types a file may name: ``gpuconv.layers.LAYER_TYPES`` plus ``Sequential``
+    (built as ``sequential``: the trainable :class:`gpuconv.Sequential` when
+    :mod:`gpuconv.models` rebuilds a model, the plain container otherwise)."""
     types = dict(LAYER_TYPES)
-    types["Sequential"] = Sequential
+    types["Sequential"] = sequential
     return types
 
 
@@ -95,8 +93,6 @@ def model_spec(model: _BaseSequential) -> dict:
 
 def model_arrays(model: Layer) -> dict[str, numpy.ndarray]:
     """Host copies of all parameters (``"param/<name>"``) and buffers (``"buffer/<name>"``)."""
-    from ..backend import to_numpy  # noqa: PLC0415
-
     arrays = {f"param/{name}": numpy.ascontiguousarray(to_numpy(p.data))
               for name, p in model.named_parameters()}
     arrays.update({f"buffer/{name}": numpy.ascontiguousarray(to_numpy(b))
@@ -143,11 +139,8 @@ def _build_list(specs: Any, types: dict[str, type], where: str) -> list[Layer]:
     return [_build_layer(s, types, f"{where}[{i}]") for i, s in enumerate(specs)]
 
 
-def build_model(spec: Any, where: str = "architecture") -> "Sequential":
-    """Rebuild a Sequential from :func:`model_spec` output (weights freshly initialised,
-    cast to the document's dtype; the CPU generator is advanced by the initialisers)."""
-    from .model import Sequential  # noqa: PLC0415
-
+def check_model_spec(spec: Any, where: str = "architecture") -> str:
+    """Validate the header of an architecture document; return its dtype name."""
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(spec).__name__}")
     if spec.get("format") != MODEL_FORMAT:
@@ -159,8 +152,16 @@ def build_model(spec: Any, where: str = "architecture") -> "Sequential":
     dtype = spec.get("dtype", "float32")
     if dtype not in ("float32", "float64"):
         raise ValueError(f"{where}: dtype must be 'float32' or 'float64', got {dtype!r}")
-    model = Sequential(_build_list(spec.get("layers"), registry(), f"{where}: layers"))
-    return model.astype(dtype)
+    return dtype
+
+
+def build_layers(spec: Any, where: str = "architecture",
+                 sequential: type = _BaseSequential) -> list[Layer]:
+    """The top-level layers of a :func:`model_spec` document (weights freshly
+    initialised; the CPU generator is advanced by the initialisers). Nested
+    ``Sequential`` entries are built as ``sequential``."""
+    check_model_spec(spec, where)
+    return _build_list(spec.get("layers"), registry(sequential), f"{where}: layers")
 
 
 def check_model_arrays(model: Layer, arrays: Mapping[str, numpy.ndarray], where: str,
@@ -204,29 +205,13 @@ def save_model(model: _BaseSequential, path: "str | os.PathLike") -> None:
     atomic_savez(path, arrays)
 
 
-def model_from_arrays(arrays: Mapping[str, numpy.ndarray], where: str,
-                      device: "str | Device | None" = None,
-                      ignore: tuple[str, ...] = ()) -> "Sequential":
-    """Build, validate and fill a model from archive entries (used by load_model and
-    checkpoints)."""
-    if ARCHITECTURE_KEY not in arrays:
-        raise ValueError(f"{where}: no {ARCHITECTURE_KEY!r} entry; not a gpuconv model file")
-    spec = read_json(arrays[ARCHITECTURE_KEY], f"{where}: entry {ARCHITECTURE_KEY!r}")
-    model = build_model(spec, where)
-    state = check_model_arrays(model, arrays, where, ignore)
-    model.load_state_dict(state)
-    return model.to(get_device("cpu") if device is None else device)
+def read_model_file(path: "str | os.PathLike") -> dict[str, numpy.ndarray]:
+    """The entries of a model file written by :func:`save_model` (or of a training
+    checkpoint, which holds the model too), checked for foreign entries.
 
-
-def load_model(path: "str | os.PathLike", device: "str | Device | None" = None) -> "Sequential":
-    """Load a model written by :func:`save_model` (or ``Sequential.save``), or the
-    model inside a training checkpoint (:func:`gpuconv.training.checkpoint.save_checkpoint`).
-
-    ``device``: where to put it ("cpu", "cuda", a Device, ...); None means the
-    CPU, where freshly built models live. The dtype saved is kept. Raises
-    FileNotFoundError for a missing file and ValueError naming the file and
-    entry for anything unexpected (pickles/object arrays, unknown layer types,
-    bad configs, missing/extra arrays, shape or dtype mismatches).
+    Raises FileNotFoundError for a missing file and ValueError naming the file
+    for anything that is not a gpuconv model (pickles/object arrays, unknown
+    entries, no architecture).
     """
     path = os.fspath(path)
     arrays = read_npz(path, "model")
@@ -237,4 +222,6 @@ def load_model(path: "str | os.PathLike", device: "str | Device | None" = None) 
                    and not (is_checkpoint and (k == CHECKPOINT_KEY or k.startswith("state/"))))
     if extra:
         raise ValueError(f"{path}: unexpected entries {extra} in a model file")
-    return model_from_arrays(arrays, path, device)
+    if ARCHITECTURE_KEY not in arrays:
+        raise ValueError(f"{path}: no {ARCHITECTURE_KEY!r} entry; not a gpuconv model file")
+    return arrays

@@ -1,4 +1,4 @@
-"""Model presets for the CLI: named constructors of ready-to-train CIFAR-10 networks.
+"""Model presets: named constructors of ready-to-train CIFAR-10 networks (``gpuconv.models.build_preset``).
 
 Every preset takes 3x32x32 images and returns a :class:`gpuconv.Sequential`
 producing ``num_classes`` logits (train with softmax cross-entropy).
@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..layers import (BatchNorm1d, BatchNorm2d, Conv2D, Dense, Dropout, Dropout2d, Flatten,
                       GlobalAvgPool2D, Layer, MaxPool2D, ReLU, Residual)
-from ..training.model import Sequential
+from .sequential import Sequential
 
 __all__ = ["PRESETS", "DEFAULT_PRESET", "INPUT_SHAPE", "build_preset", "seed_cnn", "tiny_cnn",
            "resnet_small"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...backend import Array, get_array_module
+from ..backend import Array, get_array_module
 from .base import as_parameter_list
 
 __all__ = ["clip_grad_norm", "grad_norm"]

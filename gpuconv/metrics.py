@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy
 
-from ..backend import Array, device_of, get_array_module, to_device, to_numpy
+from .backend import Array, device_of, get_array_module, to_device, to_numpy
 
 __all__ = ["accuracy", "top_k_accuracy", "confusion_matrix", "precision_recall_f1",
            "classification_report", "to_labels"]

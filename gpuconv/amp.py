@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy
 
-from ..backend import Array, get_array_module, to_numpy
-from ..layers.base import Layer, Parameter
+from .backend import Array, get_array_module, to_numpy
+from .layers.base import Layer, Parameter
 
 __all__ = ["enable_mixed_precision", "GradScaler", "parameters_of", "scaled_backward_step"]
 

@@ -52,7 +52,7 @@ def read_json(array: numpy.ndarray, where: str) -> Any:
 def atomic_savez(path: "str | os.PathLike", arrays: Mapping[str, numpy.ndarray]) -> None:
     """Write ``arrays`` to ``path`` as an uncompressed .npz, atomically.
 
-    The archive is written with :func:`gpuconv.training.atomic.atomic_write`
+    The archive is written with :func:`gpuconv.io.atomic.atomic_write`
     (temporary file in the same directory, fsync'ed, moved over ``path`` with
     ``os.replace``): a reader (or a crash) sees either the old file or the
     complete new one.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ...backend import to_numpy
+from ..backend import to_numpy
 from .base import Optimizer
 
 __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR", "OneCycleLR", "ReduceLROnPlateau",

@@ -4,7 +4,7 @@ One .npz archive, written atomically (temporary file in the same directory,
 fsync, ``os.replace``), with no pickles:
 
 - ``"architecture"``, ``"param/<name>"``, ``"buffer/<name>"``: the model, exactly
-  as :func:`gpuconv.training.serialization.save_model` writes it (so
+  as :func:`gpuconv.io.spec.save_model` writes it (so
   ``load_model`` can also read a checkpoint's model);
 - ``"checkpoint"``: JSON (1-D uint8) with ``format``, ``version``, ``epoch``
   (number of completed epochs), ``lr``, the optimizer's and scheduler's
@@ -31,7 +31,7 @@ import numpy
 from ..backend import get_state
 from ..layers.base import Layer
 from .npzfile import atomic_savez, json_array, pack_tree, read_json, read_npz, unpack_tree
-from .serialization import (ARCHITECTURE_KEY, CHECKPOINT_KEY, check_model_arrays, model_arrays,
+from .spec import (ARCHITECTURE_KEY, CHECKPOINT_KEY, check_model_arrays, model_arrays,
                             model_spec)
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "save_checkpoint",

@@ -6,7 +6,7 @@ device, created with that parameter's ``xp`` and dtype on the first
 with Python-float scalars (bias corrections are computed on the host), so it
 never synchronises host and device.
 
-``state_dict()`` layout (what ``gpuconv.training.serialization`` saves)::
+``state_dict()`` layout (what ``gpuconv.io.spec`` saves)::
 
     {"config": {"type": "Adam", "lr": 0.001, ...},   # JSON-serialisable
      "step": 12,                                       # python int
@@ -20,8 +20,8 @@ from typing import Any, Iterable
 
 import numpy
 
-from ...backend import Array, device_of, get_array_module, to_device, to_numpy
-from ...layers.base import Parameter
+from ..backend import Array, device_of, get_array_module, to_device, to_numpy
+from ..layers.base import Parameter
 from .regularizers import Regularizer
 
 __all__ = ["Optimizer", "as_parameter_list"]

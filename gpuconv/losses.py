@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy
 
-from ..backend import Array, get_array_module, to_numpy
+from .backend import Array, get_array_module, to_numpy
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "BCEWithLogits", "MSE", "Hinge", "Huber",
            "LOSSES", "get", "debug_enabled"]

@@ -6,10 +6,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..backend import Array
 from ..containers.sequential import Sequential as _Sequential
-from . import loop
-from .callbacks import Callback, History
-from .serialization import layer_spec, save_model
-from .summary import summary as _summary
+from ..io.spec import layer_spec, save_model
+from ..training import loop
+from ..training.callbacks import Callback, History
+from ..training.summary import summary as _summary
 
 __all__ = ["Sequential"]
 
@@ -66,12 +66,12 @@ class Sequential(_Sequential):
           scheduler, RNG, loader and callback state, history) before
           continuing at its next epoch.
         - ``amp``: mixed precision: set the float16 compute policy on the model
-          (:func:`gpuconv.training.amp.enable_mixed_precision`; it stays set
+          (:func:`gpuconv.amp.enable_mixed_precision`; it stays set
           after fit) and scale the loss with a :class:`GradScaler` (a new one
           unless ``grad_scaler`` is given). Steps whose gradients overflow are
           skipped and counted in ``logs["amp_skipped"]``; ``logs["amp_scale"]``
           is the scale. Meant for CUDA (NumPy float16 GEMMs are very slow).
-        - ``grad_scaler``: a :class:`gpuconv.training.amp.GradScaler` to use
+        - ``grad_scaler``: a :class:`gpuconv.amp.GradScaler` to use
           (its state is saved in checkpoints and restored on resume).
 
         Returns the :class:`History`: per-epoch logs with ``epoch, loss,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...backend import Array
-from ...layers.base import Parameter
-from ...ops.fused import adam_update
+from ..backend import Array
+from ..layers.base import Parameter
+from ..ops.fused import adam_update
 from .base import Optimizer, check_range
 from .regularizers import Regularizer
 
