@@ -1,4 +1,5 @@
-"""Data: datasets (host NumPy arrays), the device-side DataLoader and
+"""Data: datasets (host NumPy arrays), the DataLoader (host gather, device
+conversion), the DeviceDataLoader (whole dataset on the device) and
 device-side batch augmentations. Imports only ``gpuconv.backend``.
 """
 from . import augment, datasets
@@ -10,13 +11,16 @@ from .augment import (
     RandomCrop,
     RandomHorizontalFlip,
     RandomRotation,
+    RandomTranslate,
 )
 from .datasets import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, MNIST, MNIST_MEAN, MNIST_STD, \
     ArrayDataset, FashionMNIST
+from .device_loader import DeviceDataLoader
 from .loader import DataLoader
 
 __all__ = [
-    "augment", "datasets", "DataLoader", "ArrayDataset", "CIFAR10", "MNIST", "FashionMNIST",
+    "augment", "datasets", "DataLoader", "DeviceDataLoader", "ArrayDataset", "CIFAR10", "MNIST", "FashionMNIST",
     "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD", "Compose", "RandomCrop",
-    "RandomHorizontalFlip", "Cutout", "ColorJitter", "RandomRotation", "Normalize",
+    "RandomHorizontalFlip", "Cutout", "ColorJitter", "RandomRotation", "RandomTranslate",
+    "Normalize",
 ]

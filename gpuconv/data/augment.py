@@ -26,7 +26,8 @@ from ..backend import device_of, generator, get_array_module
 
 __all__ = [
     "Augmentation", "Compose", "RandomCrop", "RandomHorizontalFlip", "Cutout", "ColorJitter",
-    "RandomRotation", "Normalize", "from_config", "adjust_brightness", "adjust_contrast",
+    "RandomRotation", "RandomTranslate", "Normalize", "from_config", "pad_images",
+    "crop_and_flip", "adjust_brightness", "adjust_contrast",
     "adjust_saturation", "rgb_to_grayscale",
 ]
 
@@ -184,6 +185,82 @@ class RandomCrop(Augmentation):
         pix = rows[:, :, None] * wp + cols[:, None, :]  # (N, th, tw) flat pixel index
         padded = xp.ascontiguousarray(padded)
         return xp.take(padded.reshape(-1), _flat_index(xp, padded.shape, pix))
+
+
+PAD_MODES = ("reflect", "constant", "edge")
+
+
+def pad_images(x: Array, pad: int, mode: str = "reflect", fill: float = 0.0) -> Array:
+    """``x`` (N, C, H, W) padded by ``pad`` pixels on each side of H and W:
+    ``"reflect"`` mirrors without repeating the edge (PyTorch's ``F.pad(...,
+    "reflect")``, NumPy's ``"reflect"``), ``"edge"`` repeats it, ``"constant"``
+    fills ``fill``. Returns a new C-contiguous (N, C, H + 2 pad, W + 2 pad) array."""
+    xp = get_array_module(x)
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad_images: mode must be one of {PAD_MODES}, got {mode!r}")
+    if pad < 0 or (mode == "reflect" and pad >= min(x.shape[2], x.shape[3])):
+        raise ValueError(f"pad_images: pad {pad} does not fit a {x.shape[2]}x{x.shape[3]} "
+                         f"image in mode {mode!r}")
+    widths = ((0, 0), (0, 0), (pad, pad), (pad, pad))
+    if mode == "constant":
+        return xp.ascontiguousarray(xp.pad(x, widths, mode="constant", constant_values=fill))
+    return xp.ascontiguousarray(xp.pad(x, widths, mode=mode))
+
+
+def crop_and_flip(padded: Array, rows: Array, top: Array, left: Array, flip: Array,
+                  size: tuple[int, int]) -> Array:
+    """One gather: image ``rows[i]`` of ``padded`` (N, C, Hp, Wp), cropped to ``size``
+    at offset (``top[i]``, ``left[i]``) and mirrored left-right where ``flip[i]``.
+
+    ``rows``, ``top``, ``left``: int64 (B,) device arrays; ``flip``: bool (B,).
+    Returns (B, C, size_h, size_w) in ``padded``'s dtype. One pass over the
+    output, whatever mixes of offsets and flips the batch holds.
+    """
+    xp = get_array_module(padded)
+    _, c, hp, wp = padded.shape
+    th, tw = size
+    cols = xp.arange(tw, dtype=xp.int64)
+    cols = xp.where(flip[:, None], tw - 1 - cols, cols) + left[:, None]         # (B, tw)
+    pix = (top[:, None] + xp.arange(th, dtype=xp.int64))[:, :, None] * wp + cols[:, None, :]
+    plane = hp * wp
+    base = (rows * (c * plane))[:, None, None, None] + \
+        (xp.arange(c, dtype=xp.int64) * plane)[None, :, None, None]
+    return xp.take(padded.reshape(-1), base + pix[:, None])
+
+
+class RandomTranslate(Augmentation):
+    """Shift each image by a random whole number of pixels in [-max_shift, max_shift]
+    along H and W independently, filling the uncovered border by ``padding_mode``
+    (``"reflect"`` as airbench does, ``"edge"``, or ``"constant"`` with ``fill``).
+
+    The same as padding by ``max_shift`` and cutting a random crop of the input
+    size (:class:`RandomCrop` with reflect padding). Input and output
+    ``(N, C, H, W)`` float.
+    """
+
+    def __init__(self, max_shift: int = 2, padding_mode: str = "reflect",
+                 fill: float = 0.0) -> None:
+        if isinstance(max_shift, bool) or not isinstance(max_shift, int) or max_shift < 0:
+            raise ValueError(f"RandomTranslate: max_shift must be an int >= 0, got {max_shift!r}")
+        if padding_mode not in PAD_MODES:
+            raise ValueError(f"RandomTranslate: padding_mode must be one of {PAD_MODES}, "
+                             f"got {padding_mode!r}")
+        self.max_shift, self.padding_mode, self.fill = max_shift, padding_mode, float(fill)
+
+    def _params(self) -> dict:
+        return {"max_shift": self.max_shift, "padding_mode": self.padding_mode,
+                "fill": self.fill}
+
+    def __call__(self, x: Array) -> Array:
+        xp = _check(x, "RandomTranslate")
+        n, _, h, w = x.shape
+        r = self.max_shift
+        padded = pad_images(x, r, self.padding_mode, self.fill)
+        gen = generator(xp)
+        top = gen.integers(0, 2 * r + 1, size=n, dtype=xp.int64)
+        left = gen.integers(0, 2 * r + 1, size=n, dtype=xp.int64)
+        return crop_and_flip(padded, xp.arange(n, dtype=xp.int64), top, left,
+                             xp.zeros(n, dtype=bool), (h, w))
 
 
 class RandomHorizontalFlip(Augmentation):

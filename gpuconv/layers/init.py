@@ -18,7 +18,7 @@ from typing import Any
 from ..backend import Array, generator
 
 __all__ = ["Initializer", "Constant", "Uniform", "Normal", "XavierUniform", "XavierNormal",
-           "HeUniform", "HeNormal", "INITIALIZERS", "get", "to_config"]
+           "HeUniform", "HeNormal", "FanInUniform", "Dirac", "INITIALIZERS", "get", "to_config"]
 
 
 class Initializer:
@@ -119,8 +119,47 @@ class HeNormal(Initializer):
         return _normal(shape, math.sqrt(2.0 / fan), xp, dtype)
 
 
+class FanInUniform(Initializer):
+    """U(-a, a), a = scale / sqrt(fan_in): PyTorch's default for Conv and Linear
+    weights (``kaiming_uniform_(a=sqrt(5))``) with ``scale=1``."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        if not scale >= 0:
+            raise ValueError(f"FanInUniform: scale must be >= 0, got {scale}")
+        self.scale = float(scale)
+
+    def __call__(self, shape, fan_in, fan_out, xp, dtype):
+        a = self.scale / math.sqrt(fan_in)
+        return _uniform(shape, -a, a, xp, dtype)
+
+
+class Dirac(Initializer):
+    """Identity-preserving convolution weights: draw from ``base``, then make the
+    first ``min(out, in)`` filters identities (filter ``i`` passes input channel
+    ``i`` through its centre tap), like ``torch.nn.init.dirac_`` applied to the
+    first ``in_channels`` filters as airbench does. For (O, I, *kernel) shapes."""
+
+    def __init__(self, base: "Initializer | str | dict | None" = None) -> None:
+        self.base = get(base, FanInUniform())
+
+    def config(self) -> dict:
+        return {"base": to_config(self.base)}
+
+    def __call__(self, shape, fan_in, fan_out, xp, dtype):
+        if len(shape) < 3:
+            raise ValueError(f"Dirac: needs convolution weights (O, I, *kernel), got {shape}")
+        w = self.base(shape, fan_in, fan_out, xp, dtype)
+        n = min(shape[0], shape[1])
+        centre = tuple(k // 2 for k in shape[2:])
+        idx = xp.arange(n)
+        w[:n] = 0
+        w[(idx, idx) + centre] = 1
+        return w
+
+
 INITIALIZERS = {cls.__name__: cls for cls in
-                (Constant, Uniform, Normal, XavierUniform, XavierNormal, HeUniform, HeNormal)}
+                (Constant, Uniform, Normal, XavierUniform, XavierNormal, HeUniform, HeNormal,
+                 FanInUniform, Dirac)}
 
 
 def get(spec: "Initializer | str | dict | None", default: Initializer) -> Initializer:

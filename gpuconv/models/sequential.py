@@ -83,15 +83,17 @@ class Sequential(_Sequential):
                         resume_from=resume_from, nan_policy=nan_policy,
                         checkpoint_path=checkpoint_path, amp=amp, grad_scaler=grad_scaler)
 
-    def evaluate(self, data: Iterable, loss: Any = None) -> dict:
+    def evaluate(self, data: Iterable, loss: Any = None, tta: "bool | int" = False) -> dict:
         """``{"loss", "accuracy", "samples"}`` over ``data`` in eval mode (see
-        :func:`gpuconv.training.loop.evaluate`); ``loss=None`` reuses fit's loss."""
-        return loop.evaluate(self, data, loss)
+        :func:`gpuconv.training.loop.evaluate`); ``loss=None`` reuses fit's loss;
+        ``tta=True`` averages the outputs over 6 mirrored/shifted views."""
+        return loop.evaluate(self, data, loss, tta)
 
-    def predict(self, x: Array, batch_size: int = 256) -> Array:
+    def predict(self, x: Array, batch_size: int = 256, tta: "bool | int" = False) -> Array:
         """Model outputs (device array (N, ...)) for ``x`` (N, ...) on the model's device,
-        in eval mode; caches are cleared afterwards."""
-        return loop.predict(self, x, batch_size)
+        in eval mode; caches are cleared afterwards. ``tta=True``: the mean output over
+        the image, its mirror and one-pixel shifts (:mod:`gpuconv.training.tta`)."""
+        return loop.predict(self, x, batch_size, tta)
 
     def summary(self, input_shape: Sequence[int],
                 print_fn: Callable[[str], None] | None = print) -> str:

@@ -22,7 +22,7 @@ from ..io.atomic import atomic_write_text
 
 
 __all__ = ["History", "Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint",
-           "HistoryLogger", "LOG_FIELDS"]
+           "HistoryLogger", "FreezeAfter", "LOG_FIELDS"]
 
 LOG_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time",
               "images_per_s")
@@ -303,3 +303,22 @@ class HistoryLogger(Callback):
             for row in self.rows:
                 writer.writerow({k: "" if v is None else v for k, v in row.items()})
             atomic_write_text(self.csv_path, buffer.getvalue())
+
+
+class FreezeAfter(Callback):
+    """Train ``parameters`` only during the first ``epochs`` epochs, then freeze them
+    (``requires_grad = False``: optimizers, regularizers and clipping skip them).
+
+    airbench trains the bias of its whitening convolution for 3 epochs this way.
+    Set at the start of every epoch, so a resumed run gets the same state.
+    """
+
+    def __init__(self, parameters: Iterable[Any], epochs: int) -> None:
+        self.parameters = list(parameters)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"FreezeAfter: epochs must be an int >= 0, got {epochs!r}")
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        for p in self.parameters:
+            p.requires_grad = epoch <= self.epochs

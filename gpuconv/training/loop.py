@@ -57,6 +57,7 @@ from ..io.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from .modes import evaluating
 from .progress import EpochProgress
 from .stats import EpochStats, correct_count
+from .tta import check_level, tta_forward
 
 __all__ = ["fit", "evaluate", "predict", "ArrayBatches", "NAN_POLICIES"]
 
@@ -308,16 +309,24 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
         return run.run()
 
 
-def evaluate(model: Layer, data: Iterable, loss: Any = None) -> dict:
+def _tta_level(tta: "bool | int") -> int:
+    """``tta``: False/0 none, True/2 mirror + translations, 1 mirror only."""
+    return 2 if tta is True else 0 if tta is False else check_level(tta)
+
+
+def evaluate(model: Layer, data: Iterable, loss: Any = None, tta: "bool | int" = False) -> dict:
     """Mean loss and accuracy of ``model`` over ``data`` in eval mode.
 
     ``data`` yields (x, y) batches on the model's device (or is an
     ArrayBatches). ``loss``: a loss object; None uses the loss of the last
-    ``fit`` (if any). Returns ``{"loss": float | None, "accuracy": float |
-    None, "samples": int}`` (None where not applicable). Reads the device once.
+    ``fit`` (if any). ``tta``: test-time augmentation of the outputs
+    (:mod:`gpuconv.training.tta`; True = level 2, 6 views; 1 = mirror only).
+    Returns ``{"loss": float | None, "accuracy": float | None, "samples": int}``
+    (None where not applicable). Reads the device once.
     Layer modes are restored and caches cleared afterwards.
     """
     loss = loss if loss is not None else getattr(model, "_fit_loss", None)
+    level = _tta_level(tta)
     device = model_device(model)
     data = bind_device(data, device)
     stats = EpochStats()
@@ -326,7 +335,7 @@ def evaluate(model: Layer, data: Iterable, loss: Any = None) -> dict:
             where = f"evaluate (step {step})"
             x, y = _unpack(batch, where)
             check_batch(x, y, device, where)
-            pred = model.forward(x)
+            pred = tta_forward(model.forward, x, level) if level else model.forward(x)
             value = None if loss is None else loss.forward(loss_input(model, pred), y)
             stats.add(value, correct_count(pred, y), x.shape[0])
     stats.sync()
@@ -335,8 +344,12 @@ def evaluate(model: Layer, data: Iterable, loss: Any = None) -> dict:
     return {"loss": stats.loss, "accuracy": stats.accuracy, "samples": stats.samples}
 
 
-def predict(model: Layer, x: Array, batch_size: int = 256) -> Array:
+def predict(model: Layer, x: Array, batch_size: int = 256, tta: "bool | int" = False) -> Array:
     """Outputs of ``model`` for inputs ``x`` (N, ...), in eval mode, ``batch_size`` at a time.
+
+    ``tta``: test-time augmentation (images (N, C, H, W) only): the weighted
+    mean of the outputs over mirrored/shifted views (:mod:`gpuconv.training.tta`;
+    True = level 2, 6 views; 1 = mirror only).
 
     ``x`` must be an array on the model's device (TypeError otherwise) with the
     model's dtype. Returns one device array (N, ...) of outputs. Layer modes are
@@ -357,7 +370,11 @@ def predict(model: Layer, x: Array, batch_size: int = 256) -> Array:
     if n == 0:
         raise ValueError(f"predict: x must hold at least one sample, got shape "
                          f"{getattr(x, 'shape', None)}")
+    level = _tta_level(tta)
+    if level and x.ndim != 4:
+        raise ValueError(f"predict: tta needs images (N, C, H, W), got shape {x.shape}")
     xp = get_array_module(x)
     with device.context(), evaluating(model):
-        outputs = [model.forward(x[i:i + batch_size]) for i in range(0, n, batch_size)]
+        outputs = [tta_forward(model.forward, x[i:i + batch_size], level) if level
+                   else model.forward(x[i:i + batch_size]) for i in range(0, n, batch_size)]
         return outputs[0] if len(outputs) == 1 else xp.concatenate(outputs, axis=0)
