@@ -507,7 +507,7 @@ def test_mnist(tmp_path, gz):
 def test_mnist_default_root_and_fashion(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUCONV_DATA", str(tmp_path))
     want = write_mnist(tmp_path / "fashion-mnist", hw=(20, 24), gz=True)
-    ds = FashionMNIST(train=False)
+    ds = FashionMNIST(train=False, image_size=(20, 24))
     _check_matches(ds, want["t10k"])
     assert ds.classes[0] == "T-shirt/top" and len(ds.classes) == 10
     write_mnist(tmp_path / "mnist")
