@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import test_datasets as td
+
 from gpuconv.data.datasets import (
     CIFAR10,
     MNIST,

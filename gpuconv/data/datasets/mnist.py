@@ -6,7 +6,7 @@ import math
 import os
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy
 
@@ -136,7 +136,7 @@ class MNIST(ArrayDataset):
     subdir: str = "mnist"
     default_classes: list[str] = [str(k) for k in range(10)]
     #: item counts of the official splits (MNIST and Fashion-MNIST alike)
-    official_sizes: dict[str, int] = {"train": 60000, "t10k": 10000}
+    official_sizes: ClassVar[dict[str, int]] = {"train": 60000, "t10k": 10000}
 
     def __init__(self, root: "str | os.PathLike[str] | None" = None, train: bool = True,
                  classes: "Sequence[str] | None" = None, *,
