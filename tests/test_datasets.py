@@ -93,8 +93,9 @@ def write_cifar(root, n=6, layouts=("py", "bin"), style="py2", classes=CIFAR10_C
                    b"data": images.reshape(len(images), -1),
                    b"filenames": [f"{name}_{i}.png".encode() for i in range(len(images))]},
                   d / name, style)
-        _dump({b"num_cases_per_batch": n, b"label_names": [c.encode() for c in classes],
-               b"num_vis": 3072}, d / "batches.meta", style)
+        # no num_cases_per_batch: the test batch holds n + 1 (a count there is checked)
+        _dump({b"label_names": [c.encode() for c in classes], b"num_vis": 3072},
+              d / "batches.meta", style)
     if "bin" in layouts:
         d = root / "cifar-10-batches-bin"
         d.mkdir(parents=True, exist_ok=True)
@@ -215,7 +216,8 @@ def test_cifar_truncated_pickle(tmp_path):
     write_cifar(tmp_path, layouts=("py",))
     path = tmp_path / "cifar-10-batches-py" / "data_batch_4"
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-    with pytest.raises(pickle.UnpicklingError, match="data_batch_4.*truncated"):
+    with pytest.raises(CorruptDatasetError, match="data_batch_4: truncated or not a CIFAR-10 "
+                       "pickle"):
         CIFAR10(tmp_path)
 
 
@@ -274,10 +276,11 @@ def test_hostile_pickle_executes_nothing(tmp_path, where):
     target.write_bytes(pickle.dumps(payload, protocol=2))
     # the payload is live: plain pickle would run it
     assert b"system" in target.read_bytes()
-    with pytest.raises(UnsafePickleError) as err:
+    with pytest.raises(CorruptDatasetError) as err:  # the refusal, as a dataset error
         CIFAR10(tmp_path)
     assert str(target) in str(err.value)
-    assert "system" in str(err.value)
+    assert "refused an unsafe pickle" in str(err.value) and "system" in str(err.value)
+    assert isinstance(err.value.__cause__, UnsafePickleError)
     assert not marker.exists()
 
 
@@ -504,7 +507,7 @@ def test_mnist(tmp_path, gz):
 def test_mnist_default_root_and_fashion(tmp_path, monkeypatch):
     monkeypatch.setenv("GPUCONV_DATA", str(tmp_path))
     want = write_mnist(tmp_path / "fashion-mnist", hw=(20, 24), gz=True)
-    ds = FashionMNIST(train=False)
+    ds = FashionMNIST(train=False, image_size=(20, 24))
     _check_matches(ds, want["t10k"])
     assert ds.classes[0] == "T-shirt/top" and len(ds.classes) == 10
     write_mnist(tmp_path / "mnist")

@@ -24,8 +24,17 @@ class DownloadError(DatasetNotFoundError):
 
 
 class CorruptDatasetError(ValueError):
-    """A dataset file exists but is truncated, malformed or inconsistent; the
-    message names the file."""
+    """A dataset file exists but is truncated, malformed or inconsistent.
+
+    The message is one line, ``"<file>: <what is wrong: expected ..., found ...>"``
+    (line breaks in ``message`` become spaces), so a command line tool can print
+    it as is. ``path`` is the offending file when known, else ``None``.
+    """
+
+    def __init__(self, message: str, *, path: "str | os.PathLike[str] | None" = None) -> None:
+        message = " ".join(str(message).replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+        super().__init__(message)
+        self.path: "Path | None" = None if path is None else Path(path)
 
 
 def default_root() -> Path:

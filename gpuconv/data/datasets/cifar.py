@@ -13,6 +13,7 @@ tampered file cannot run code.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy
@@ -20,7 +21,7 @@ import numpy
 from .base import ArrayDataset, CorruptDatasetError, DatasetNotFoundError, DownloadError, \
     resolve_root
 from .download import download_and_extract
-from .safe_pickle import load_pickle
+from .safe_pickle import UnsafePickleError, load_pickle
 
 __all__ = ["CIFAR10", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR10_CLASSES"]
 
@@ -35,18 +36,60 @@ _PY_DIR = "cifar-10-batches-py"
 _BIN_DIR = "cifar-10-batches-bin"
 _PIXELS = 3 * 32 * 32
 _RECORD = 1 + _PIXELS
+_MISSING = object()
 
 
-def _key(d: dict, name: str, path: Path):
+def _load(path: Path):
+    """Unpickle ``path`` with the restricted unpickler; any failure is a
+    :class:`CorruptDatasetError` naming the file."""
+    try:
+        return load_pickle(path)
+    except UnsafePickleError as exc:
+        refused = exc.global_name or "a forbidden global"
+        raise CorruptDatasetError(
+            f"{path}: refused an unsafe pickle (it asks for {refused}; a CIFAR-10 pickle holds only "
+            "NumPy arrays, lists, bytes and numbers), so it is not a genuine CIFAR-10 file",
+            path=path) from exc
+    except pickle.UnpicklingError as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise CorruptDatasetError(f"{path}: truncated or not a CIFAR-10 pickle "
+                                  f"({type(cause).__name__}: {cause})", path=path) from exc
+
+
+def _dict(obj, path: Path) -> dict:
+    if not isinstance(obj, dict):
+        raise CorruptDatasetError(f"{path}: expected a pickled dict, found "
+                                  f"{type(obj).__name__}", path=path)
+    return obj
+
+
+def _key(d: dict, name: str, path: Path, default=_MISSING):
     for k in (name, name.encode("latin-1")):
         if k in d:
             return d[k]
-    raise CorruptDatasetError(f"{path}: the pickled dict has no {name!r} entry "
-                              f"(keys: {sorted(map(repr, d))})")
+    if default is not _MISSING:
+        return default
+    raise CorruptDatasetError(f"{path}: required key {name!r} is missing (found keys: "
+                              f"{', '.join(sorted(map(repr, d)))})", path=path)
 
 
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+def _text(value, path: Path) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptDatasetError(f"{path}: class name {value!r} is not UTF-8",
+                                      path=path) from None
+    if isinstance(value, str):
+        return value
+    raise CorruptDatasetError(f"{path}: class names must be bytes or str, found "
+                              f"{type(value).__name__}", path=path)
+
+
+def _describe(value) -> str:
+    if isinstance(value, numpy.ndarray):
+        return f"{value.dtype} {value.shape}"
+    return type(value).__name__
 
 
 class CIFAR10(ArrayDataset):
@@ -68,11 +111,19 @@ class CIFAR10(ArrayDataset):
         labels: int64 ``(N,)`` in 0..9.
         classes: the 10 class names.
 
-    Missing, truncated or inconsistent files raise
-    :class:`DatasetNotFoundError` / :class:`CorruptDatasetError` naming the file;
-    a dataset is never returned partially.
+    Missing files raise :class:`DatasetNotFoundError`; a truncated, malformed,
+    hostile (unsafe pickle) or inconsistent file raises :class:`CorruptDatasetError`
+    with a one-line message ``"<file>: <expected vs found>"``; a dataset is never
+    returned partially. Each batch must hold a uint8 ``(N, 3072)`` array and ``N``
+    labels in 0..9. ``N`` is :attr:`records_per_batch` (10,000) for every batch when
+    ``batches.meta`` says so (``num_cases_per_batch``) or when any batch has that size
+    (the official dataset; in the binary layout, the file sizes of all six batches
+    are compared); smaller folders with other sizes (subsets, synthetic test data)
+    are accepted.
     """
 
+    #: records in each official batch file (data_batch_1..5 and test_batch)
+    records_per_batch: int = 10000
     url: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
     md5: "str | None" = "c58f30108f718f92721af3b95e74349a"
     archive_name: str = "cifar-10-python.tar.gz"
@@ -134,62 +185,99 @@ class CIFAR10(ArrayDataset):
 
     # -- python layout -------------------------------------------------------
     def _load_py(self, folder: Path):
-        images, labels = [], []
-        for path in self._files(folder, ""):
-            batch = load_pickle(path)
-            if not isinstance(batch, dict):
-                raise CorruptDatasetError(f"{path}: expected a pickled dict, got "
-                                          f"{type(batch).__name__}")
-            data = _key(batch, "data", path)
-            labs = _key(batch, "labels", path)
-            if not isinstance(data, numpy.ndarray) or data.dtype != numpy.uint8 or \
-                    data.ndim != 2 or data.shape[1] != _PIXELS:
-                desc = (f"{data.dtype} {data.shape}" if isinstance(data, numpy.ndarray)
-                        else type(data).__name__)
-                raise CorruptDatasetError(f"{path}: 'data' must be a uint8 (N, {_PIXELS}) "
-                                          f"array, got {desc}")
-            if data.shape[0] == 0:
-                raise CorruptDatasetError(f"{path}: holds no images")
-            try:
-                labs = numpy.asarray(labs)
-            except Exception as exc:
-                raise CorruptDatasetError(f"{path}: 'labels' is not a list of ints") from exc
-            if labs.ndim != 1 or not numpy.issubdtype(labs.dtype, numpy.integer):
-                raise CorruptDatasetError(f"{path}: 'labels' must be a list of ints, got "
-                                          f"{labs.dtype} {labs.shape}")
-            if labs.shape[0] != data.shape[0]:
-                raise CorruptDatasetError(f"{path}: {data.shape[0]} images but "
-                                          f"{labs.shape[0]} labels")
-            self._check_labels(labs, path)
-            images.append(data.reshape(-1, 3, 32, 32))
-            labels.append(labs.astype(numpy.int64))
-        classes = self._classes_py(folder / "batches.meta")
-        return numpy.concatenate(images), numpy.concatenate(labels), classes
+        meta_path = folder / "batches.meta"
+        classes, count = self._meta_py(meta_path)
+        batches = [(path, *self._batch_py(path)) for path in self._files(folder, "")]
+        if count is not None:
+            why = f"num_cases_per_batch in {meta_path}"
+        elif any(len(labs) == self.records_per_batch for _, _, labs in batches):
+            count, why = self.records_per_batch, "like the other batches of the official CIFAR-10"
+        for path, data, labs in batches:
+            if count is not None and data.shape[0] != count:
+                raise CorruptDatasetError(f"{path}: {data.shape[0]} records, expected {count} "
+                                          f"({why})", path=path)
+        images = numpy.concatenate([data.reshape(-1, 3, 32, 32) for _, data, _ in batches])
+        labels = numpy.concatenate([labs for _, _, labs in batches])
+        return images, labels, classes
+
+    def _batch_py(self, path: Path) -> "tuple[numpy.ndarray, numpy.ndarray]":
+        batch = _dict(_load(path), path)
+        data = _key(batch, "data", path)
+        labs = _key(batch, "labels", path)
+        if not isinstance(data, numpy.ndarray) or data.dtype != numpy.uint8 or \
+                data.ndim != 2 or data.shape[1] != _PIXELS:
+            raise CorruptDatasetError(f"{path}: 'data' must be a uint8 (N, {_PIXELS}) array, "
+                                      f"found {_describe(data)}", path=path)
+        if data.shape[0] == 0:
+            raise CorruptDatasetError(f"{path}: holds no images", path=path)
+        try:
+            labs = numpy.asarray(labs)
+        except Exception:  # ragged or exotic objects
+            raise CorruptDatasetError(f"{path}: 'labels' must be a list of ints, found "
+                                      f"{type(labs).__name__}", path=path) from None
+        if labs.ndim != 1 or not numpy.issubdtype(labs.dtype, numpy.integer):
+            raise CorruptDatasetError(f"{path}: 'labels' must be a list of ints, found "
+                                      f"{labs.dtype} {labs.shape}", path=path)
+        if labs.shape[0] != data.shape[0]:
+            raise CorruptDatasetError(f"{path}: {data.shape[0]} images but "
+                                      f"{labs.shape[0]} labels", path=path)
+        self._check_labels(labs, path)
+        return data, labs.astype(numpy.int64)
 
     @staticmethod
-    def _classes_py(path: Path) -> list[str]:
+    def _meta_py(path: Path) -> "tuple[list[str], int | None]":
+        """Class names and ``num_cases_per_batch`` (None when absent) from batches.meta."""
         if not path.is_file():
-            return list(CIFAR10_CLASSES)
-        meta = load_pickle(path)
-        if not isinstance(meta, dict):
-            raise CorruptDatasetError(f"{path}: expected a pickled dict, got {type(meta).__name__}")
-        names = [_text(n) for n in _key(meta, "label_names", path)]
+            return list(CIFAR10_CLASSES), None
+        meta = _dict(_load(path), path)
+        names = _key(meta, "label_names", path)
+        if not isinstance(names, (list, tuple)):
+            raise CorruptDatasetError(f"{path}: 'label_names' must be a list of 10 names, "
+                                      f"found {type(names).__name__}", path=path)
         if len(names) != 10:
-            raise CorruptDatasetError(f"{path}: expected 10 label names, got {len(names)}")
-        return names
+            raise CorruptDatasetError(f"{path}: expected 10 label names, found {len(names)}",
+                                      path=path)
+        names = [_text(n, path) for n in names]
+        count = _key(meta, "num_cases_per_batch", path, None)
+        if count is not None:
+            if isinstance(count, bool) or not isinstance(count, (int, numpy.integer)) or \
+                    count <= 0:
+                raise CorruptDatasetError(f"{path}: 'num_cases_per_batch' must be a positive "
+                                          f"integer, found {count!r}", path=path)
+            count = int(count)
+        return names, count
 
     # -- binary layout -------------------------------------------------------
     def _load_bin(self, folder: Path):
+        # the official batches all hold records_per_batch records; once one of them
+        # has that size, every batch must (a batch cut at a record boundary is
+        # otherwise indistinguishable from a small dataset)
+        official = self.records_per_batch * _RECORD
+        names = [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]
+        sizes = [(folder / n).stat().st_size for n in names if (folder / n).is_file()]
+        expected = official if official in sizes else None
+        want = (f", expected {expected} bytes = {self.records_per_batch} records"
+                if expected is not None else "")
         images, labels = [], []
         for path in self._files(folder, ".bin"):
             size = path.stat().st_size
-            if size == 0 or size % _RECORD:
+            if size == 0:
+                raise CorruptDatasetError(f"{path}: the file is empty (0 bytes){want}",
+                                          path=path)
+            if size % _RECORD:
                 raise CorruptDatasetError(
                     f"{path}: {size} bytes is not a whole number of {_RECORD}-byte records "
-                    "(1 label byte + 3072 pixel bytes); the file is truncated or corrupt")
+                    f"(1 label byte + 3072 pixel bytes){want}; the file is truncated or corrupt",
+                    path=path)
+            if expected is not None and size != expected:
+                state = "truncated" if size < expected else "longer than a batch (extra data)"
+                raise CorruptDatasetError(
+                    f"{path}: {size} bytes = {size // _RECORD} records, expected {expected} "
+                    f"bytes = {self.records_per_batch} records of {_RECORD} bytes like the "
+                    f"other batches of the official CIFAR-10; the file is {state}", path=path)
             rec = numpy.fromfile(path, dtype=numpy.uint8)
             if rec.size != size:
-                raise CorruptDatasetError(f"{path}: read {rec.size} of {size} bytes")
+                raise CorruptDatasetError(f"{path}: read {rec.size} of {size} bytes", path=path)
             rec = rec.reshape(-1, _RECORD)
             labs = rec[:, 0].astype(numpy.int64)
             self._check_labels(labs, path)
@@ -202,14 +290,19 @@ class CIFAR10(ArrayDataset):
     def _classes_bin(path: Path) -> list[str]:
         if not path.is_file():
             return list(CIFAR10_CLASSES)
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        names = [n for n in names if n]
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorruptDatasetError(f"{path}: not UTF-8 text ({exc}), expected 10 class "
+                                      "names, one a line", path=path) from None
+        names = [n for n in (line.strip() for line in text.splitlines()) if n]
         if len(names) != 10:
-            raise CorruptDatasetError(f"{path}: expected 10 class names, got {len(names)}")
+            raise CorruptDatasetError(f"{path}: expected 10 class names, found {len(names)}",
+                                      path=path)
         return names
 
     @staticmethod
     def _check_labels(labels: numpy.ndarray, path: Path) -> None:
         if labels.size and (labels.min() < 0 or labels.max() > 9):
-            raise CorruptDatasetError(f"{path}: labels must lie in 0..9, got "
-                                      f"{labels.min()}..{labels.max()}")
+            raise CorruptDatasetError(f"{path}: labels must lie in 0..9, found "
+                                      f"{labels.min()}..{labels.max()}", path=path)

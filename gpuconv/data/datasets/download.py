@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import posixpath
 import shutil
@@ -60,7 +61,8 @@ def download_file(url: str, dest: Path, md5: "str | None", *, timeout: float = 6
     except DownloadError:
         part.unlink(missing_ok=True)
         raise
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        # HTTPException: e.g. IncompleteRead when a chunked response stops mid-chunk
         part.unlink(missing_ok=True)
         reason = getattr(exc, "reason", None) or exc
         raise DownloadError(f"could not download {url}: {reason}") from exc

@@ -32,16 +32,18 @@ def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") ->
     limited to str -> latin-1 bytes (no other codec can be invoked)."""
     if not isinstance(obj, str) or codecs.lookup(encoding).name != "iso8859-1" \
             or errors != "strict":
-        raise pickle.UnpicklingError(
+        raise UnsafePickleError(
             f"codecs.encode is allowed only as (str, 'latin1'), got ({type(obj).__name__}, "
-            f"{encoding!r}, {errors!r})")
+            f"{encoding!r}, {errors!r})",
+            global_name=f"codecs.encode({type(obj).__name__}, {encoding!r}, {errors!r})")
     return obj.encode("latin-1")
 
 
 def _empty_bytes(*args: Any) -> bytes:
     """``bytes()``, as Python 3 pickles ``b""`` at protocol <= 2 (no arguments allowed)."""
     if args:
-        raise pickle.UnpicklingError("bytes(...) is allowed only without arguments")
+        raise UnsafePickleError("bytes(...) is allowed only without arguments",
+                                global_name=f"bytes() with {len(args)} argument(s)")
     return b""
 
 
@@ -60,7 +62,17 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 
 
 class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referred to a global outside the allow-list; nothing was called."""
+    """A pickle referred to a global outside the allow-list, or called an allowed one
+    with arguments outside its limits; nothing unsafe was called.
+
+    ``global_name`` is the refused ``module.name``; ``source`` the file, when known.
+    """
+
+    def __init__(self, message: str, *, global_name: "str | None" = None,
+                 source: "str | None" = None) -> None:
+        super().__init__(message)
+        self.global_name = global_name
+        self.source = source
 
 
 class SafeUnpickler(pickle.Unpickler):
@@ -78,7 +90,8 @@ class SafeUnpickler(pickle.Unpickler):
             raise UnsafePickleError(
                 f"{self.source}: refusing to load global {module}.{name} from a dataset "
                 "pickle (only NumPy arrays and plain containers are allowed); the file is "
-                "not a genuine dataset file, delete it and download it again") from None
+                "not a genuine dataset file, delete it and download it again",
+                global_name=f"{module}.{name}", source=self.source) from None
 
 
 def load_pickle(path: "str | os.PathLike[str]", encoding: str = "latin1") -> Any:
@@ -92,8 +105,11 @@ def load_pickle(path: "str | os.PathLike[str]", encoding: str = "latin1") -> Any
         data = f.read()
     try:
         return SafeUnpickler(io.BytesIO(data), source=path, encoding=encoding).load()
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as exc:
+        if exc.source is not None:
+            raise
+        raise UnsafePickleError(f"{path}: {exc}", global_name=exc.global_name,
+                                source=path) from None
     except Exception as exc:  # EOFError, UnpicklingError, ValueError, ...
         raise pickle.UnpicklingError(
             f"{path}: not a readable pickle, the file is truncated or corrupt "
