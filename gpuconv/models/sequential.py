@@ -36,7 +36,7 @@ class Sequential(_Sequential):
             scheduler: Any = None, verbose: int = 1,
             resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
             checkpoint_path: "str | os.PathLike | None" = None, amp: bool = False,
-            grad_scaler: Any = None) -> History:
+            grad_scaler: Any = None, max_steps: int | None = None) -> History:
         """Train for up to ``epochs`` epochs (1-based, counting resumed ones).
 
         - ``train_data``/``val_data``: re-iterable objects yielding ``(x, y)``
@@ -73,6 +73,8 @@ class Sequential(_Sequential):
           is the scale. Meant for CUDA (NumPy float16 GEMMs are very slow).
         - ``grad_scaler``: a :class:`gpuconv.amp.GradScaler` to use
           (its state is saved in checkpoints and restored on resume).
+        - ``max_steps``: end training after this many batches in total
+          (resumed ones included), mid-epoch if need be; None: no limit.
 
         Returns the :class:`History`: per-epoch logs with ``epoch, loss,
         accuracy, val_loss, val_accuracy, lr, time, images_per_s, skipped`` (and
@@ -81,7 +83,8 @@ class Sequential(_Sequential):
         return loop.fit(self, train_data, epochs, optimizer, loss, val_data=val_data,
                         callbacks=callbacks, scheduler=scheduler, verbose=verbose,
                         resume_from=resume_from, nan_policy=nan_policy,
-                        checkpoint_path=checkpoint_path, amp=amp, grad_scaler=grad_scaler)
+                        checkpoint_path=checkpoint_path, amp=amp, grad_scaler=grad_scaler,
+                        max_steps=max_steps)
 
     def evaluate(self, data: Iterable, loss: Any = None, tta: "bool | int" = False) -> dict:
         """``{"loss", "accuracy", "samples"}`` over ``data`` in eval mode (see

@@ -32,6 +32,10 @@ saved in checkpoints and restored on resume.
 
 Epochs are numbered from 1; ``fit(epochs=E)`` trains up to epoch ``E`` in
 total, so resuming a checkpoint of epoch ``k`` trains epochs ``k+1 .. E``.
+``max_steps=S`` also ends training after ``S`` batches in total (counting
+resumed ones), in the middle of an epoch if need be (airbench trains 9.9
+epochs this way: ``epochs=10, max_steps=ceil(9.9 * len(loader))``); that last,
+shorter epoch is validated, logged and checkpointed like the others.
 
 Random numbers and resume: on the CPU the generator states are checkpointed
 and a resumed run continues them exactly. On other devices (CuPy) the
@@ -120,7 +124,7 @@ class _Run:
 
     def __init__(self, model, train_data, epochs, optimizer, loss, val_data, callbacks,
                  scheduler, verbose, nan_policy, checkpoint_path,
-                 scaler: GradScaler | None = None) -> None:
+                 scaler: GradScaler | None = None, max_steps: int | None = None) -> None:
         self.model, self.epochs, self.optimizer, self.loss = model, epochs, optimizer, loss
         self.scaler = scaler
         self.amp_skipped = 0       # steps of the current epoch skipped for inf/NaN gradients
@@ -135,6 +139,8 @@ class _Run:
         self.checkpoint_path = checkpoint_path
         self.history = History()
         self.completed = 0         # epochs completed (checkpoint "epoch")
+        self.max_steps = max_steps
+        self.steps = 0             # batches trained in total (checkpoint extra "steps")
         self.position = (0, 0)     # (epoch, step) in progress, for interruption reports
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -157,9 +163,11 @@ class _Run:
         set_state(ckpt.rng_state)
         self.history = History(ckpt.history)
         self.completed = ckpt.epoch
+        self.steps = int(ckpt.extra.get("steps") or 0)
 
     def save(self, interrupted: bool = False) -> None:
-        extra: dict[str, Any] = {"callbacks": self.callbacks.state_dict(), "epochs": self.epochs}
+        extra: dict[str, Any] = {"callbacks": self.callbacks.state_dict(), "epochs": self.epochs,
+                                 "steps": self.steps}
         if hasattr(self.train_data, "state_dict"):
             extra["loader"] = self.train_data.state_dict()
         if self.scaler is not None:
@@ -202,6 +210,9 @@ class _Run:
             progress.step()
             if stats.first_bad_step is not None:
                 raise _nan_error(epoch, stats)
+            self.steps += 1
+            if self.out_of_steps():
+                break
         stats.sync()
         if stats.first_bad_step is not None:
             raise _nan_error(epoch, stats)
@@ -215,7 +226,10 @@ class _Run:
             self.train_data.set_epoch(epoch)
         self.callbacks.on_epoch_begin(epoch)
         stats = EpochStats()
-        progress = EpochProgress(epoch, self.epochs, _length(self.train_data), stats,
+        length = _length(self.train_data)
+        if length is not None and self.max_steps is not None:
+            length = max(0, min(length, self.max_steps - self.steps))
+        progress = EpochProgress(epoch, self.epochs, length, stats,
                                  self.verbose, lr=lambda: _lr(self.optimizer))
         logs = None
         try:
@@ -245,6 +259,9 @@ class _Run:
             progress.close(logs)
         return logs
 
+    def out_of_steps(self) -> bool:
+        return self.max_steps is not None and self.steps >= self.max_steps
+
     def run(self) -> History:
         model = self.model
         model.stop_training = False
@@ -252,13 +269,15 @@ class _Run:
         self.callbacks.on_train_begin()
         try:
             for epoch in range(self.completed + 1, self.epochs + 1):
+                if self.out_of_steps():
+                    break
                 logs = self.run_epoch(epoch)
                 self.history.append(logs)
                 self.callbacks.on_epoch_end(epoch, logs)
                 self.completed = epoch
                 if self.checkpoint_path is not None:
                     self.save()
-                if model.stop_training:
+                if model.stop_training or self.out_of_steps():
                     break
         except KeyboardInterrupt:
             if self.checkpoint_path is not None:
@@ -274,10 +293,13 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
         scheduler: Any = None, verbose: int = 1,
         resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
         checkpoint_path: "str | os.PathLike | None" = None, amp: bool = False,
-        grad_scaler: GradScaler | None = None) -> History:
+        grad_scaler: GradScaler | None = None, max_steps: int | None = None) -> History:
     """Train ``model`` (see :meth:`gpuconv.models.Sequential.fit`)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
+                                  or max_steps < 1):
+        raise ValueError(f"fit: max_steps must be a positive int or None, got {max_steps!r}")
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"fit: nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     if verbose not in (0, 1, 2):
@@ -302,7 +324,7 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
     keep_freed_memory()  # see gpuconv.backend.host_memory: no page faults per step
     run = _Run(model, train_data, epochs, optimizer, loss, val_data, callbacks, scheduler,
                verbose, nan_policy, None if checkpoint_path is None else os.fspath(checkpoint_path),
-               grad_scaler)
+               grad_scaler, max_steps)
     with run.device.context():  # new arrays go to the model's GPU (a no-op on the CPU)
         if resume_from is not None:
             run.resume(resume_from)
