@@ -314,3 +314,55 @@ def test_fake_device_model_rejects_mixed_state():
     a = to_device(numpy.ones(3), "fakecupy")
     with pytest.raises(TypeError, match="different devices"):
         get_array_module(a, numpy.ones(3))
+
+
+# ---- airbench building blocks on the device -----------------------------------------------------
+
+from gpuconv.layers import GELU, Multiply  # noqa: E402
+
+
+def _airbench_block(dtype):
+    whiten = Conv2D(3, 12, 2, bias_init="Normal", dtype=dtype).freeze("weight")
+    return Sequential([whiten, GELU(), Conv2D(12, 4, 3, padding="same", bias=False, dtype=dtype),
+                       MaxPool2D(2), BatchNorm2d(4, eps=1e-12, momentum=0.4, dtype=dtype)
+                       .freeze("weight"), GELU("tanh"), Flatten(), Dense(4 * 3 * 3, 5, bias=False,
+                                                                        dtype=dtype),
+                       Multiply(1 / 9)])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("make,shape", [
+    (lambda dtype: GELU(), (2, 3, 4, 5)), (lambda dtype: GELU("tanh"), (3, 7)),
+    (lambda dtype: Multiply(1 / 9), (4, 10)),
+    (lambda dtype: Conv2D(2, 3, 3, padding=1, dtype=dtype).freeze("weight"), (2, 2, 5, 5)),
+    (lambda dtype: BatchNorm2d(3, dtype=dtype).freeze("weight"), (2, 3, 3, 3)),
+    (_airbench_block, (2, 3, 7, 7)),
+], ids=["gelu", "gelu-tanh", "multiply", "conv-frozen-weight", "bn-frozen-weight",
+        "airbench-block"])
+def test_airbench_layers_on_device_match_cpu(make, shape, dtype, device):
+    rng = numpy.random.default_rng(8)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    gpuconv.seed(9)
+    ref = make(dtype)
+    dy = rng.standard_normal(ref.forward(x).shape).astype(dtype)
+    y0, dx0, g0, _ = run_on(ref, x, dy, "cpu")
+    gpuconv.seed(9)
+    layer = make(dtype)
+    y1, dx1, g1, _ = run_on(layer, x, dy, device)
+    rtol = 1e-6 if dtype == "float32" else 1e-12
+    numpy.testing.assert_allclose(y1, y0, rtol=rtol, atol=rtol)
+    numpy.testing.assert_allclose(dx1, dx0, rtol=rtol, atol=rtol)
+    for name in g0:
+        numpy.testing.assert_allclose(g1[name], g0[name], rtol=rtol, atol=rtol, err_msg=name)
+    assert layer.frozen_names() == ref.frozen_names()
+    for name in layer.frozen_names():
+        assert not g1[name].any()
+
+
+def test_patch_whitening_on_device_equals_cpu(device):
+    images = numpy.random.default_rng(10).standard_normal((30, 3, 6, 7)).astype(numpy.float32)
+    on_cpu = gpuconv.init.patch_whitening(images, max_images=20, seed=3)
+    on_device = gpuconv.init.patch_whitening(to_device(images, device), max_images=20, seed=3)
+    assert_on(on_device, device)
+    assert on_device.dtype == numpy.float32 and tuple(on_device.shape) == (24, 3, 2, 2)
+    numpy.testing.assert_allclose(host(on_device), on_cpu, rtol=1e-6, atol=1e-6)

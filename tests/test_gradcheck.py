@@ -135,3 +135,138 @@ def test_batchnorm_eval_gradient_uses_running_stats_only():
     expected = numpy.broadcast_to((1 / numpy.sqrt(numpy.array([4.0, 0.25]) + bn.eps))
                                   .reshape(1, 2, 1, 1), x.shape)
     assert_close(dx, expected, 1e-12, 0, "eval BN input gradient")
+
+
+# ---- GELU, Multiply and frozen parameters (airbench building blocks) ------------------------
+
+from gpuconv.layers import GELU, Multiply  # noqa: E402
+from layer_checks import numerical_gradient  # noqa: E402
+
+AIRBENCH_CASES = [
+    pytest.param(lambda: GELU(), (2, 3, 4, 5), 1.0, id="gelu"),
+    pytest.param(lambda: GELU(), (3, 7), 4.0, id="gelu-wide-range"),
+    pytest.param(lambda: GELU("tanh"), (2, 3, 4, 5), 1.0, id="gelu-tanh"),
+    pytest.param(lambda: GELU("tanh"), (3, 7), 4.0, id="gelu-tanh-wide-range"),
+    pytest.param(lambda: Multiply(1 / 9), (2, 3, 2, 2), 1.0, id="multiply-ninth"),
+    pytest.param(lambda: Multiply(-2.5), (4, 5), 1.0, id="multiply-negative"),
+]
+
+
+@pytest.mark.parametrize("make,shape,scale", AIRBENCH_CASES)
+def test_gelu_and_multiply_gradients_match_finite_differences(make, shape, scale):
+    x = numpy.random.default_rng(21).standard_normal(shape) * scale
+    gradcheck(make(), x)
+    y1, dx1, _ = run(make(), x, numpy.ones(shape))
+    y2, dx2, _ = run(make(), non_contiguous(x), non_contiguous(numpy.ones(shape)))
+    assert_close(y2, y1, 1e-15, 0, "forward on non-contiguous input")
+    assert_close(dx2, dx1, 1e-15, 0, "input gradient on non-contiguous input")
+
+
+def _check_trainable_gradients(layer, x, frozen: set, reference) -> None:
+    """dx and the non-frozen gradients equal an unfrozen twin's and central differences;
+    frozen gradients stay exactly zero."""
+    rng = numpy.random.default_rng(22)
+    y = layer.forward(x)
+    r = rng.standard_normal(y.shape)
+    _, dx, grads = run(layer, x, r)
+    _, dx_ref, grads_ref = run(reference, x, r)
+    numpy.testing.assert_array_equal(dx, dx_ref)
+    for name, g in grads.items():
+        if name in frozen:
+            assert not g.any(), f"frozen {name} got a gradient"
+        else:
+            numpy.testing.assert_allclose(g, grads_ref[name], rtol=1e-13, atol=1e-15,
+                                          err_msg=name)
+
+    def loss() -> float:
+        return float((layer.forward(xx) * r).sum())
+
+    xx = x.copy()
+    num, ana = numerical_gradient(loss, xx, analytic=dx, rng=rng)
+    assert_close(ana, num, 1e-5, 1e-7, "input gradient")
+    for name, p in layer.named_parameters():
+        if name not in frozen:
+            xx = x.copy()
+            num, ana = numerical_gradient(loss, p.data, analytic=grads[name], rng=rng)
+            assert_close(ana, num, 1e-5, 1e-7, f"gradient of {name}")
+
+
+def _bn_randomised(train: bool):
+    bn = BatchNorm2d(3, eps=1e-12, momentum=0.4).astype("float64")
+    rng = numpy.random.default_rng(23)
+    bn.weight.data[...] = 0.5 + rng.random(3)
+    bn.bias.data[...] = rng.standard_normal(3)
+    bn.running_mean[...] = rng.standard_normal(3)
+    bn.running_var[...] = 0.5 + rng.random(3)
+    return bn.train(train)
+
+
+FROZEN_CASES = [
+    pytest.param(lambda: Conv2D(2, 3, 3, padding=1, bias_init="Normal"), (2, 2, 4, 5),
+                 {"weight"}, id="conv-weight"),
+    pytest.param(lambda: Conv2D(2, 3, 2, stride=2, bias_init="Normal"), (2, 2, 4, 5),
+                 {"bias"}, id="conv-bias"),
+    pytest.param(lambda: Conv2D(2, 3, 3, bias_init="Normal"), (2, 2, 4, 5),
+                 {"weight", "bias"}, id="conv-both"),
+    pytest.param(lambda: Dense(5, 3, bias_init="Normal"), (4, 5), {"weight"}, id="dense-weight"),
+    pytest.param(lambda: Dense(5, 3, bias_init="Normal"), (4, 5), {"bias"}, id="dense-bias"),
+    pytest.param(lambda: _bn_randomised(True), (3, 3, 2, 3), {"weight"}, id="bn-train-weight"),
+    pytest.param(lambda: _bn_randomised(True), (3, 3, 2, 3), {"bias"}, id="bn-train-bias"),
+    pytest.param(lambda: _bn_randomised(False), (3, 3, 2, 3), {"weight"}, id="bn-eval-weight"),
+    pytest.param(lambda: _bn_randomised(False), (3, 3, 2, 3), {"weight", "bias"},
+                 id="bn-eval-both"),
+]
+
+
+@pytest.mark.parametrize("make,shape,frozen", FROZEN_CASES)
+def test_frozen_parameters_get_no_gradient_and_the_rest_is_unchanged(make, shape, frozen):
+    gpuconv.seed(5)
+    layer = make().astype("float64").freeze(*sorted(frozen))
+    gpuconv.seed(5)
+    reference = make().astype("float64")
+    x = numpy.random.default_rng(24).standard_normal(shape)
+    assert sorted(layer.frozen_names()) == sorted(frozen)
+    _check_trainable_gradients(layer, x, frozen, reference)
+
+
+def test_frozen_conv_skips_the_weight_gemm_and_a_fully_frozen_first_layer_does_nothing(
+        monkeypatch):
+    import gpuconv.layers.conv as conv_module
+
+    calls = []
+    original = conv_module.conv2d_backward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(conv_module, "conv2d_backward", spy)
+    rng = numpy.random.default_rng(25)
+    x = rng.standard_normal((2, 3, 5, 5))
+    gpuconv.seed(6)
+    layer = Conv2D(3, 4, 2, bias_init="Normal").astype("float64").freeze("weight")
+    gpuconv.seed(6)
+    reference = Conv2D(3, 4, 2, bias_init="Normal").astype("float64")
+    dy = rng.standard_normal(layer.forward(x).shape)
+    layer.backward(dy)
+    assert calls[-1]["need_weight_grad"] is False
+    # first layer (backward_params), frozen whitening weight, trainable bias: only a bias sum
+    calls.clear()
+    layer.zero_grad()
+    layer.forward(x)
+    layer.backward_params(dy)
+    assert calls == []
+    reference.forward(x)
+    reference.backward_params(dy)
+    numpy.testing.assert_allclose(layer.bias.grad, reference.bias.grad, rtol=1e-13)
+    assert not layer.weight.grad.any()
+    calls.clear()
+    layer.freeze()
+    layer.forward(x)
+    assert layer.backward_params(dy) is None and not layer.bias.grad.any()
+    assert calls == []
+    layer.unfreeze("weight")
+    layer.forward(x)
+    layer.backward(dy)
+    assert calls[-1]["need_weight_grad"] is True and calls[-1]["need_input_grad"] is True
+    assert layer.weight.grad.any() and not layer.bias.grad.any()

@@ -601,3 +601,160 @@ def test_dropout_is_reproducible_under_gpuconv_seed():
     gpuconv.seed(21)
     b = Dropout(0.5).forward(x)
     numpy.testing.assert_array_equal(a, b)
+
+
+# ---- airbench building blocks: GELU, Multiply, BatchNorm with a frozen weight ----------------
+
+from gpuconv.layers import GELU, Multiply  # noqa: E402
+
+
+def _gelu_config(rng, i: int) -> dict:
+    ndim = int(rng.integers(1, 5))
+    return dict(shape=tuple(int(v) for v in rng.integers(1, 6, ndim)),
+                approximate=["none", "tanh"][i % 2], scale=float(rng.choice([0.5, 1.0, 3.0, 8.0])))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg", _configs("gelu", _gelu_config, 20))
+def test_gelu(cfg, dtype):
+    rng = numpy.random.default_rng(30)
+    layer = GELU(cfg["approximate"])
+    x = (rng.standard_normal(cfg["shape"]) * cfg["scale"]).astype(dtype)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = layer.backward(dy)
+    xt = tt(x, True)
+    yt = F.gelu(xt, approximate=cfg["approximate"])
+    yt.backward(tt(dy))
+    close(y, yt, dtype, f"gelu {cfg['approximate']} forward")
+    close(dx, xt.grad, dtype, f"gelu {cfg['approximate']} input gradient")
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_float64_within_1e_7_of_torch_everywhere(approximate):
+    """Dense [-10, 10] plus large |x|: forward and derivative (elementwise, absolute)."""
+    x = numpy.concatenate([numpy.linspace(-10.0, 10.0, 40001),
+                           [-1e6, -1e3, -40.0, -38.0, -30.0, -20.0, 20.0, 30.0, 1e3, 1e6]])
+    layer = GELU(approximate)
+    y = layer.forward(x)
+    dx = layer.backward(numpy.ones_like(x))
+    xt = tt(x, True)
+    yt = F.gelu(xt, approximate=approximate)
+    yt.backward(torch.ones_like(xt))
+    scale = numpy.maximum(1.0, numpy.abs(x))  # ~1 ulp of |x| for large |x|
+    assert (numpy.abs(y - yt.detach().numpy()) <= 1e-7).all()
+    assert (numpy.abs(y - yt.detach().numpy()) / scale <= 4.5e-16).all()
+    assert (numpy.abs(dx - xt.grad.numpy()) <= 1e-7).all()
+    assert numpy.abs(dx - xt.grad.numpy()).max() <= 1e-14
+
+
+def test_gelu_float32_within_float32_rounding():
+    """float32 against torch's float64 GELU (exact to ~2e-15 here): within an ulp of
+    max(|x|, 1) forward (measured 0.95; tanh form 1.33), derivative within 2 float32
+    epsilons (tanh form: 12, measured 10.3, from 1 - tanh^2 near tanh = 1); torch's own
+    float32 GELU is compared with 1e-6 (its error: ~1e-6 for x near -3)."""
+    x = numpy.linspace(-10.0, 10.0, 20001).astype(numpy.float32)
+    for approximate, ulps, grad_eps in (("none", 1.0, 2.0), ("tanh", 1.5, 12.0)):
+        layer = GELU(approximate)
+        y = layer.forward(x)
+        dx = layer.backward(numpy.ones_like(x))
+        x64 = tt(x.astype(numpy.float64), True)
+        exact = F.gelu(x64, approximate=approximate)
+        exact.backward(torch.ones_like(x64))
+        ulp = numpy.spacing(numpy.maximum(numpy.abs(x), numpy.float32(1))).astype(numpy.float64)
+        assert (numpy.abs(y - exact.detach().numpy()) <= ulps * ulp).all(), approximate
+        assert numpy.abs(dx - x64.grad.numpy()).max() <= grad_eps * numpy.finfo(numpy.float32).eps
+        theirs = F.gelu(tt(x), approximate=approximate).numpy()
+        assert numpy.abs(y - theirs).max() <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1 / 9, -3.0, 0.0])
+def test_multiply(scale, dtype):
+    rng = numpy.random.default_rng(31)
+    x = rng.standard_normal((4, 3, 2, 5)).astype(dtype)
+    layer = Multiply(scale)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = layer.backward(dy)
+    xt = tt(x, True)
+    yt = xt * scale
+    yt.backward(tt(dy))
+    close(y, yt, dtype, "forward")
+    close(dx, xt.grad, dtype, "input gradient")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_airbench_batchnorm_with_frozen_weight(dtype):
+    """airbench's BatchNorm: PyTorch momentum 0.4, eps 1e-12, weight.requires_grad False."""
+    rng = numpy.random.default_rng(32)
+    ours = BatchNorm2d(4, eps=1e-12, momentum=0.4, dtype=dtype).freeze("weight")
+    theirs = torch.nn.BatchNorm2d(4, eps=1e-12, momentum=0.4, dtype=TORCH_DTYPE[dtype])
+    theirs.weight.requires_grad = False
+    for mode in ["train", "train", "train", "eval"]:
+        ours.train(mode == "train")
+        theirs.train(mode == "train")
+        ours.zero_grad()
+        theirs.zero_grad()
+        x = (rng.standard_normal((3, 4, 3, 5)) * 2 + 1).astype(dtype)
+        y = ours.forward(x)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dx = ours.backward(dy)
+        xt = tt(x, True)
+        yt = theirs(xt)
+        yt.backward(tt(dy))
+        close(y, yt, dtype, f"{mode} forward")
+        close(dx, xt.grad, dtype, f"{mode} input gradient")
+        close(ours.bias.grad, theirs.bias.grad, dtype, f"{mode} bias gradient")
+        assert theirs.weight.grad is None and not ours.weight.grad.any()
+        close(ours.running_var, theirs.running_var, dtype, f"{mode} running_var")
+    assert [p.requires_grad for p in ours.parameters()] == \
+        [p.requires_grad for p in theirs.parameters()]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_airbench_style_stack(dtype):
+    """Whitening conv (frozen weight, trainable bias) -> GELU -> conv -> maxpool ->
+    BN (frozen weight) -> GELU -> maxpool -> flatten -> Dense (no bias) -> Multiply(1/9):
+    outputs and every trainable gradient equal torch's with the same requires_grad."""
+    gpuconv.seed(7)
+    rng = numpy.random.default_rng(33)
+    x = rng.standard_normal((8, 3, 10, 10)).astype(dtype)
+    whiten = Conv2D(3, 24, 2, bias=True, dtype=dtype)
+    whiten.weight.data[...] = gpuconv.init.patch_whitening(x)
+    whiten.bias.data[...] = rng.standard_normal(24) * 0.1
+    whiten.freeze("weight")
+    conv = Conv2D(24, 8, 3, padding="same", bias=False, dtype=dtype)
+    bn = BatchNorm2d(8, eps=1e-12, momentum=0.4, dtype=dtype).freeze("weight")
+    head = Dense(8 * 2 * 2, 10, bias=False, dtype=dtype)
+    model = Sequential([whiten, GELU(), conv, MaxPool2D(2), bn, GELU(), MaxPool2D(2), Flatten(),
+                        head, Multiply(1 / 9)])
+    tdt = TORCH_DTYPE[dtype]
+    t_whiten = torch.nn.Conv2d(3, 24, 2, dtype=tdt)
+    t_conv = torch.nn.Conv2d(24, 8, 3, padding="same", bias=False, dtype=tdt)
+    t_bn = torch.nn.BatchNorm2d(8, eps=1e-12, momentum=0.4, dtype=tdt)
+    t_head = torch.nn.Linear(8 * 2 * 2, 10, bias=False, dtype=tdt)
+    with torch.no_grad():
+        t_whiten.weight.copy_(tt(whiten.weight.data))
+        t_whiten.bias.copy_(tt(whiten.bias.data))
+        t_conv.weight.copy_(tt(conv.weight.data))
+        t_head.weight.copy_(tt(head.weight.data.T))
+    t_whiten.weight.requires_grad = False
+    t_bn.weight.requires_grad = False
+    y = model.forward(x)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = model.backward(dy)
+    xt = tt(x, True)
+    h = F.gelu(t_whiten(xt))
+    h = F.max_pool2d(F.gelu(t_bn(F.max_pool2d(t_conv(h), 2))), 2)
+    yt = t_head(h.flatten(1)) * (1 / 9)
+    yt.backward(tt(dy))
+    close(y, yt, dtype, "forward")
+    close(dx, xt.grad, dtype, "input gradient")
+    close(whiten.bias.grad, t_whiten.bias.grad, dtype, "whitening bias gradient")
+    close(conv.weight.grad, t_conv.weight.grad, dtype, "conv weight gradient")
+    close(bn.bias.grad, t_bn.bias.grad, dtype, "bn bias gradient")
+    close(head.weight.grad, t_head.weight.grad.T, dtype, "head weight gradient")
+    assert not whiten.weight.grad.any() and not bn.weight.grad.any()
+    assert len(model.trainable_parameters()) == 4
+    assert model.frozen_names() == ["0.weight", "4.weight"]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..backend import Array, get_array_module
 from ..ops.fused import relu_grad
-from .base import Layer, describe
+from ..ops.special import gelu, gelu_grad
+from .base import Layer, describe, is_grad_enabled
 
 
 class _Activation(Layer):
@@ -110,3 +111,37 @@ class Softmax(_Activation):
     def backward(self, dy: Array) -> Array:
         y = self._cached(dy)
         return y * (dy - (dy * y).sum(axis=self.axis, keepdims=True))
+
+
+class GELU(_Activation):
+    """Gaussian error linear unit, like ``torch.nn.GELU``; any input shape (typically
+    (N, C, H, W) or (N, C)), float16/32/64; the output has x's shape and dtype.
+
+    ``approximate="none"`` (default): ``x * Phi(x)``, Phi the standard normal CDF
+    computed from an accurate erf (:mod:`gpuconv.ops.special`; float64 within
+    4.5e-16 * max(|x|, 1) of the exact value, float32 within an ulp). ``"tanh"``: ``x/2 * (1 + tanh(sqrt(2/pi) (x +
+    0.044715 x^3)))``. Backward is the exact derivative of the chosen form
+    (``Phi(x) + x phi(x)`` for "none"). Only the input is kept for backward (no
+    copy, nothing under :func:`gpuconv.no_grad`); forward and backward are each
+    one fused kernel on CUDA.
+    """
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def config(self) -> dict:
+        return {"approximate": self.approximate}
+
+    def forward(self, x: Array) -> Array:
+        self._check_x(x)
+        self._cache = x if is_grad_enabled() else None
+        return gelu(x, self.approximate)
+
+    def backward(self, dy: Array) -> Array:
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward() (or after a "
+                               f"forward under gpuconv.no_grad(), which keeps nothing)")
+        return gelu_grad(dy, self._cached(dy), self.approximate)

@@ -45,14 +45,24 @@ def no_grad() -> Iterator[None]:
 
 
 class Parameter:
-    """A learnable array ``data`` with its gradient ``grad`` (same shape, dtype, device)."""
+    """A learnable array ``data`` with its gradient ``grad`` (same shape, dtype, device).
 
-    __slots__ = ("data", "grad", "name")
+    ``requires_grad`` (default True): False marks a frozen parameter
+    (:meth:`Layer.freeze`). Backward passes then add nothing into its ``grad``,
+    which stays an all-zero array (it is kept, not set to None, so code that walks
+    every parameter's ``.grad`` keeps working) and skip the work that only it
+    needs (a conv/dense weight-gradient GEMM, a bias sum). Optimizers must skip
+    frozen parameters (use :meth:`Layer.trainable_parameters`): momentum or weight
+    decay would otherwise still move them.
+    """
 
-    def __init__(self, data: Array, name: str = "") -> None:
+    __slots__ = ("data", "grad", "name", "requires_grad")
+
+    def __init__(self, data: Array, name: str = "", requires_grad: bool = True) -> None:
         self.data = data
         self.grad = get_array_module(data).zeros_like(data)
         self.name = name
+        self.requires_grad = bool(requires_grad)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -72,7 +82,9 @@ class Parameter:
         return self
 
     def __repr__(self) -> str:
-        return f"Parameter({self.name or '?'}, shape={self.shape}, dtype={self.data.dtype})"
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return (f"Parameter({self.name or '?'}, shape={self.shape}, dtype={self.data.dtype}"
+                f"{frozen})")
 
 
 def describe(array: Any) -> str:
@@ -89,7 +101,9 @@ class Layer:
     as :class:`Parameter` attributes (see :meth:`parameters`) and
     non-learnable state (BatchNorm running statistics) by listing their
     attribute names in ``_buffer_names``. ``config()`` returns the keyword
-    arguments that rebuild the layer (used for saving models).
+    arguments that rebuild the layer (used for saving models). Parameters can be
+    frozen (:meth:`freeze`, :meth:`unfreeze`, :meth:`trainable_parameters`,
+    :meth:`frozen_names`); that state is kept outside ``config()``.
     """
 
     _buffer_names: tuple[str, ...] = ()
@@ -138,6 +152,53 @@ class Layer:
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
+
+    # ---- frozen parameters ------------------------------------------------------
+    def trainable_parameters(self) -> list[Parameter]:
+        """The parameters with ``requires_grad`` True (what an optimizer should update)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def frozen_names(self) -> list[str]:
+        """Names (as in :meth:`named_parameters`, e.g. ``"weight"``, ``"0.bias"``) of the
+        frozen parameters of this layer and its sub-layers, in parameter order.
+
+        Frozen state is not part of :meth:`config`: whoever saves a model stores this
+        list next to the config and calls ``freeze(*names)`` on the rebuilt layer.
+        """
+        return [name for name, p in self.named_parameters() if not p.requires_grad]
+
+    def freeze(self, *names: str) -> "Layer":
+        """Mark parameters as not trainable (``requires_grad = False``); returns self.
+
+        ``names``: parameter names as :meth:`named_parameters` gives them (``"weight"``,
+        ``"bias"``; dotted for containers: ``"0.weight"``, ``"body.1.bias"``); none =
+        every parameter of this layer and its sub-layers. Their ``grad`` is zeroed
+        and stays zero: backward skips their gradients (see :class:`Parameter`).
+        Raises KeyError for an unknown name (listing the known ones).
+        """
+        for p in self._parameters_named(names, "freeze"):
+            p.requires_grad = False
+            p.zero_grad()
+        return self
+
+    def unfreeze(self, *names: str) -> "Layer":
+        """Undo :meth:`freeze` (same ``names`` rules; none = all); returns self."""
+        for p in self._parameters_named(names, "unfreeze"):
+            p.requires_grad = True
+        return self
+
+    def _parameters_named(self, names: tuple, what: str) -> list[Parameter]:
+        named = dict(self.named_parameters())
+        if not names:
+            return list(named.values())
+        bad = [n for n in names if not isinstance(n, str)]
+        if bad:
+            raise TypeError(f"{self.name}.{what}: parameter names must be strings, got {bad!r}")
+        unknown = [n for n in names if n not in named]
+        if unknown:
+            raise KeyError(f"{self.name}.{what}: unknown parameter name(s) {unknown}; "
+                           f"known: {list(named)}")
+        return [named[n] for n in names]
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Array]]:
         for attr in self._buffer_names:

@@ -8,6 +8,7 @@ import numpy
 from ..backend import Array
 from ..ops.conv import conv2d_backward, conv2d_forward
 from ..ops.im2col import Padding, output_size, same_padding
+from ..ops.reduce import channel_sum
 from ..ops.workspace import Workspace
 from . import init as initializers
 from .base import Layer, Parameter
@@ -130,15 +131,31 @@ class _Conv(Layer):
         if tuple(dy4.shape) != tuple(y_shape):
             raise ValueError(f"{self!r}: backward expected dy of shape {tuple(y_shape)}, "
                              f"got {tuple(dy4.shape)}")
+        # frozen parameters (Layer.freeze) get no gradient: their GEMM / sum is skipped
+        need_weight = self.weight.requires_grad
+        need_bias = self.bias is not None and self.bias.requires_grad
+        if not (need_weight or need_input_grad):  # e.g. a frozen whitening conv, first layer
+            if need_bias:
+                self.bias.grad += _bias_grad(dy4)
+            return None
         dx, dweight, dbias = conv2d_backward(dy4, cols, weight4, x_shape, stride, padding,
-                                             dilation, self.bias is not None,
+                                             dilation, need_bias,
                                              workspace=self._cache_workspace,
-                                             need_input_grad=need_input_grad)
+                                             need_input_grad=need_input_grad,
+                                             need_weight_grad=need_weight)
         # under autocast dweight/dbias are float16: += upcasts into the float32 grads
-        self.weight.grad += dweight.reshape(self.weight.grad.shape)
-        if self.bias is not None:
+        if need_weight:
+            self.weight.grad += dweight.reshape(self.weight.grad.shape)
+        if need_bias:
             self.bias.grad += dbias
         return dx
+
+
+def _bias_grad(dy4: Array) -> Array:
+    """Sum of dy (N, O, OH, OW) over N, OH, OW (float16 summed in float32)."""
+    if dy4.dtype == numpy.float16:
+        return dy4.sum(axis=(0, 2, 3), dtype=numpy.float32)
+    return channel_sum(dy4)
 
 
 class Conv2D(_Conv):

@@ -81,8 +81,9 @@ class Dense(Layer):
         if tuple(dy.shape) != (x.shape[0], self.out_features):
             raise ValueError(f"{self!r}: backward expected dy of shape "
                              f"{(x.shape[0], self.out_features)}, got {tuple(dy.shape)}")
-        self.weight.grad += x.T @ dy  # under autocast: a float16 product, upcast by +=
-        if self.bias is not None:
+        if self.weight.requires_grad:  # frozen (Layer.freeze): no GEMM, no gradient
+            self.weight.grad += x.T @ dy  # under autocast: a float16 product, upcast by +=
+        if self.bias is not None and self.bias.requires_grad:
             if dy.dtype == self.bias.grad.dtype:
                 self.bias.grad += dy.sum(axis=0)
             else:  # float16 dy: accumulate the sum in the gradient's dtype

@@ -21,6 +21,10 @@ class _BatchNorm(Layer):
     normalise. ``weight`` (gamma, init 1) and ``bias`` (beta, init 0) are
     learnable; the running statistics are buffers, never optimised.
 
+    airbench's BatchNorm (weight fixed at 1, PyTorch momentum 0.4, eps 1e-12) is
+    ``BatchNorm2d(C, eps=1e-12, momentum=0.4).freeze("weight")``: a frozen
+    parameter gets no gradient (:meth:`Layer.freeze`).
+
     Under a mixed-precision policy (:meth:`Layer.set_compute_dtype`) a float16
     input is normalised in the parameters' dtype (float32 statistics, running
     statistics and gradients) and the output and ``dx`` are float16 again.
@@ -110,10 +114,17 @@ class _BatchNorm(Layer):
         used_batch_stats = running_mean is None
         if not used_batch_stats:  # eval mode kept x: centre it on the statistics it used
             centred = centred - running_mean.reshape(bshape)
-        dbeta = channel_sum(dy)
-        dgamma = xp.einsum(dot_spec, dy, centred) * inv_std  # sum(dy * x_hat)
-        self.weight.grad += dgamma
-        self.bias.grad += dbeta
+        # frozen weight/bias (Layer.freeze) get nothing; their sums are still needed
+        # for dx with batch statistics, not with running statistics
+        need_gamma, need_beta = self.weight.requires_grad, self.bias.requires_grad
+        if used_batch_stats or need_beta:
+            dbeta = channel_sum(dy)
+            if need_beta:
+                self.bias.grad += dbeta
+        if used_batch_stats or need_gamma:
+            dgamma = xp.einsum(dot_spec, dy, centred) * inv_std  # sum(dy * x_hat)
+            if need_gamma:
+                self.weight.grad += dgamma
         scale = self.weight.data * inv_std
         if not used_batch_stats:  # running statistics are constants
             dx = dy * scale.reshape(bshape)

@@ -65,11 +65,14 @@ def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
 def conv2d_backward(dy: Array, cols: Array, weight: Array, x_shape: tuple[int, int, int, int],
                     stride: Pair, padding: Padding, dilation: Pair, need_bias: bool,
                     method: str = "auto", workspace: Workspace | None = None,
-                    need_input_grad: bool = True) -> tuple[Array | None, Array, Array | None]:
+                    need_input_grad: bool = True, need_weight_grad: bool = True,
+                    ) -> tuple[Array | None, Array | None, Array | None]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` given ``dy`` (N, O, OH, OW).
 
     ``dx`` is None when ``need_input_grad`` is False (the first layer of a
-    network: its input gradient is never used, and it costs a GEMM + col2im).
+    network: its input gradient is never used, and it costs a GEMM + col2im);
+    ``dweight`` is None when ``need_weight_grad`` is False (a frozen weight: its
+    GEMM is skipped); ``dbias`` is None unless ``need_bias``.
     """
     xp = get_array_module(dy, weight)
     n, out_channels, oh, ow = dy.shape
@@ -82,7 +85,8 @@ def conv2d_backward(dy: Array, cols: Array, weight: Array, x_shape: tuple[int, i
     if wp > ow:
         dy_mat[..., ow:] = 0
     dy_mat = dy_mat.reshape(out_channels, -1)
-    dweight = (dy_mat @ cols.reshape(-1, dy_mat.shape[1]).T).reshape(weight.shape)
+    dweight = ((dy_mat @ cols.reshape(-1, dy_mat.shape[1]).T).reshape(weight.shape)
+               if need_weight_grad else None)
     # float16 (mixed precision) sums of N*OH*OW terms lose digits: accumulate in float32,
     # as cuBLAS does for the float16 GEMMs
     wide = xp.float32 if dy.dtype == xp.float16 else None

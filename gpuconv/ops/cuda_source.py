@@ -82,8 +82,73 @@ extern "C" __global__ void relu_grad_${T}(
 }
 """
 
+# CUDA's own erf/erfc (float and double overloads); op 0 erf, 1 erfc, 2 the normal CDF.
+SPECIAL_UNARY_SOURCE = r"""
+extern "C" __global__ void special_unary_${T}(
+        const ${T}* __restrict__ x, ${T}* __restrict__ y, const int op, const long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) {
+        const ${T} v = x[i];
+        if (op == 0) {
+            y[i] = erf(v);
+        } else if (op == 1) {
+            y[i] = erfc(v);
+        } else {
+            y[i] = (${T})0.5 * erfc(-v * (${T})0.70710678118654752440);
+        }
+    }
+}
+"""
+
+# GELU: exact x * Phi(x) (tanh_form 0) or the tanh approximation (1); backward is
+# dy * (Phi(x) + x phi(x)) or the tanh form's derivative. Reads x only (nothing cached).
+GELU_FORWARD_SOURCE = r"""
+extern "C" __global__ void gelu_forward_${T}(
+        const ${T}* __restrict__ x, ${T}* __restrict__ y, const int tanh_form,
+        const long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) {
+        const ${T} v = x[i];
+        if (tanh_form) {  // clamped: tanh is +-1 beyond 20, and v^3 cannot overflow
+            const ${T} vc = v > (${T})20 ? (${T})20 : (v < (${T})-20 ? (${T})-20 : v);
+            const ${T} inner = (${T})0.79788456080286535588 * (vc + (${T})0.044715 * vc * vc * vc);
+            y[i] = (${T})0.5 * v * ((${T})1 + tanh(inner));
+        } else {
+            y[i] = v * (${T})0.5 * erfc(-v * (${T})0.70710678118654752440);
+        }
+    }
+}
+"""
+
+GELU_BACKWARD_SOURCE = r"""
+extern "C" __global__ void gelu_backward_${T}(
+        const ${T}* __restrict__ dy, const ${T}* __restrict__ x, ${T}* __restrict__ dx,
+        const int tanh_form, const long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)blockDim.x * gridDim.x) {
+        const ${T} v = x[i];
+        ${T} d;
+        if (tanh_form) {  // clamped: 1 - t*t is 0 beyond 20 (no inf * 0)
+            const ${T} vc = v > (${T})20 ? (${T})20 : (v < (${T})-20 ? (${T})-20 : v);
+            const ${T} k = (${T})0.79788456080286535588;
+            const ${T} c = (${T})0.044715;
+            const ${T} t = tanh(k * (vc + c * vc * vc * vc));
+            d = (${T})0.5 * ((${T})1 + t)
+                + (${T})0.5 * vc * ((${T})1 - t * t) * k * ((${T})1 + (${T})3 * c * vc * vc);
+        } else {
+            const ${T} cdf = (${T})0.5 * erfc(-v * (${T})0.70710678118654752440);
+            const ${T} pdf = (${T})0.39894228040143267794 * exp((${T})-0.5 * v * v);
+            d = cdf + v * pdf;
+        }
+        dx[i] = dy[i] * d;
+    }
+}
+"""
+
 SOURCES = {"adam_update": ADAM_SOURCE, "bn_normalize": BN_NORMALIZE_SOURCE,
-           "bn_input_grad": BN_INPUT_GRAD_SOURCE, "relu_grad": RELU_GRAD_SOURCE}
+           "bn_input_grad": BN_INPUT_GRAD_SOURCE, "relu_grad": RELU_GRAD_SOURCE,
+           "special_unary": SPECIAL_UNARY_SOURCE, "gelu_forward": GELU_FORWARD_SOURCE,
+           "gelu_backward": GELU_BACKWARD_SOURCE}
 
 _C_TYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64): "double"}
 
