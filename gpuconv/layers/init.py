@@ -24,7 +24,8 @@ from ..backend import Array, generator, get_array_module
 from ..ops.im2col import im2col
 
 __all__ = ["Initializer", "Constant", "Uniform", "Normal", "XavierUniform", "XavierNormal",
-           "HeUniform", "HeNormal", "FanInUniform", "Dirac", "INITIALIZERS", "get", "to_config"]
+           "HeUniform", "HeNormal", "FanInUniform", "Dirac", "INITIALIZERS", "get", "to_config",
+           "patch_whitening"]
 
 
 class Initializer:
