@@ -166,3 +166,31 @@ def test_frozen_state_survives_the_documented_save_and_rebuild_recipe():
     assert loaded.frozen_names() == model.frozen_names() == ["0.weight", "2.weight", "3.weight"]
     assert [p.requires_grad for p in loaded.parameters()] == \
         [p.requires_grad for p in model.parameters()]
+
+
+def test_model_files_and_checkpoints_keep_frozen_parameters(tmp_path):
+    from gpuconv.io.checkpoint import load_checkpoint, restore_model, save_checkpoint
+    from gpuconv.layers import BatchNorm2d, Conv2D, Dense, Flatten, GlobalAvgPool2D
+    import gpuconv
+
+    def build():
+        gpuconv.seed(0)
+        return gpuconv.Sequential([Conv2D(3, 4, 2, padding=0), BatchNorm2d(4).freeze("weight"),
+                                   GlobalAvgPool2D(), Flatten(), Dense(4, 2, bias=False)])
+
+    model = build()
+    model[0].freeze("weight")
+    model.save(tmp_path / "m.npz")
+    loaded = gpuconv.load_model(tmp_path / "m.npz")
+    assert loaded.frozen_names() == ["0.weight", "1.weight"]
+    model[0].freeze("bias")  # training state: a checkpoint restores it onto a fresh model
+    save_checkpoint(tmp_path / "c.npz", model)
+    fresh = build()
+    restore_model(load_checkpoint(tmp_path / "c.npz"), fresh)
+    assert fresh.frozen_names() == ["0.weight", "0.bias", "1.weight"]
+    plain = gpuconv.Sequential([Dense(2, 2)])
+    plain.save(tmp_path / "p.npz")
+    import numpy, json
+    with numpy.load(tmp_path / "p.npz") as archive:
+        spec = json.loads(bytes(archive["architecture"]).decode())
+    assert "frozen" not in spec["layers"][0]  # files without frozen parameters are unchanged

@@ -56,6 +56,7 @@ class Checkpoint:
     rng_state: dict
     history: list[dict]
     extra: dict
+    frozen: list[str]
     arrays: dict[str, numpy.ndarray] = field(repr=False)
 
     @property
@@ -83,6 +84,7 @@ def save_checkpoint(path: "str | os.PathLike", model: Layer, optimizer: Any = No
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "epoch": int(epoch),
+        "frozen": model.frozen_names(),
         "lr": None if optimizer is None or getattr(optimizer, "lr", None) is None
         else float(optimizer.lr),
         "optimizer": pack_tree(None if optimizer is None else optimizer.state_dict(),
@@ -121,13 +123,18 @@ def load_checkpoint(path: "str | os.PathLike") -> Checkpoint:
     if not isinstance(meta.get("epoch"), int) or meta["epoch"] < 0:
         raise ValueError(f"{path}: invalid epoch {meta.get('epoch')!r}")
 
+    frozen = meta.get("frozen") or []
+    if not isinstance(frozen, list) or not all(isinstance(n, str) for n in frozen):
+        raise ValueError(f"{path}: invalid 'frozen' entry {frozen!r:.200}")
+
     def unpack(key: str) -> Any:
         return unpack_tree(meta.get(key), arrays, None, f"{path}: {key}")
 
     return Checkpoint(path=path, epoch=meta["epoch"], lr=meta.get("lr"),
                       optimizer_state=unpack("optimizer"), scheduler_state=unpack("scheduler"),
                       rng_state=unpack("rng"), history=unpack("history") or [],
-                      extra=unpack("extra") or {}, arrays=arrays)
+                      extra=unpack("extra") or {}, frozen=list(frozen),
+                      arrays=arrays)
 
 
 def restore_model(checkpoint: Checkpoint, model: Layer) -> None:
@@ -136,10 +143,23 @@ def restore_model(checkpoint: Checkpoint, model: Layer) -> None:
     The architecture must match: parameter/buffer names, shapes and dtypes are
     checked (ValueError naming the checkpoint file and entry otherwise).
     """
-    saved = checkpoint.architecture
-    current = json.loads(json.dumps(model_spec(model)["layers"]))  # JSON-normalised
-    if saved.get("layers") != current:
+    saved = _without_frozen(checkpoint.architecture.get("layers"))
+    current = _without_frozen(json.loads(json.dumps(model_spec(model)["layers"])))
+    if saved != current:
         raise ValueError(f"{checkpoint.path}: the checkpoint's architecture differs from "
                          "the model's; build the same model to resume")
     state = check_model_arrays(model, checkpoint.arrays, checkpoint.path)
     model.load_state_dict(state)
+    # which parameters train is training state (FreezeAfter changes it mid-run)
+    model.unfreeze()
+    if checkpoint.frozen:
+        model.freeze(*checkpoint.frozen)
+
+
+def _without_frozen(spec: Any) -> Any:
+    """The architecture with the ``frozen`` lists left out (compared separately)."""
+    if isinstance(spec, list):
+        return [_without_frozen(s) for s in spec]
+    if isinstance(spec, dict):
+        return {k: _without_frozen(v) for k, v in spec.items() if k != "frozen"}
+    return spec

@@ -7,6 +7,8 @@ File layout (``numpy.savez``, no pickles anywhere):
       {"format": "gpuconv-model", "version": 1, "dtype": "float32",
        "layers": [{"type": "Conv2D", "config": {...}}, ...]}
 
+  A leaf layer with frozen parameters (``Parameter.requires_grad`` False)
+  adds ``"frozen": ["weight", ...]``; rebuilding calls ``layer.freeze(...)``.
   ``Residual`` is ``{"type": "Residual", "config": {"body": [...],
   "shortcut": [...]}}`` and a nested ``Sequential`` is
   ``{"type": "Sequential", "config": {"layers": [...]}}``.
@@ -77,7 +79,11 @@ def layer_spec(layer: Layer) -> dict:
     except TypeError as exc:
         raise TypeError(f"cannot save layer {layer!r}: its config is not JSON "
                         f"serialisable ({exc})") from None
-    return {"type": name, "config": config}
+    spec = {"type": name, "config": config}
+    frozen = layer.frozen_names()
+    if frozen:  # omitted when empty: files without frozen parameters are unchanged
+        spec["frozen"] = frozen
+    return spec
 
 
 def _model_dtype(model: Layer) -> str:
@@ -102,7 +108,7 @@ def model_arrays(model: Layer) -> dict[str, numpy.ndarray]:
 
 # ---- JSON -> model -------------------------------------------------------------------
 def _build_layer(spec: Any, types: dict[str, type], where: str) -> Layer:
-    if not isinstance(spec, dict) or set(spec) - {"type", "config"} or "type" not in spec:
+    if not isinstance(spec, dict) or set(spec) - {"type", "config", "frozen"} or "type" not in spec:
         raise ValueError(f"{where}: expected {{'type': ..., 'config': {{...}}}}, got {spec!r:.200}")
     kind, config = spec["type"], spec.get("config", {})
     if not isinstance(kind, str) or kind not in types:
@@ -121,10 +127,17 @@ def _build_layer(spec: Any, types: dict[str, type], where: str) -> Layer:
             return Residual(body, shortcut or None)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: {exc}") from None
+    frozen = spec.get("frozen", [])
+    if not isinstance(frozen, list) or not all(isinstance(n, str) for n in frozen):
+        raise ValueError(f"{where}: 'frozen' must be a list of parameter names, got {frozen!r:.200}")
     try:
-        return types[kind](**config)
+        layer = types[kind](**config)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: invalid config {config!r:.300}: {exc}") from None
+    try:
+        return layer.freeze(*frozen) if frozen else layer
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: cannot freeze {frozen}: {exc}") from None
 
 
 def _only_keys(config: dict, allowed: set, where: str) -> None:
