@@ -137,6 +137,14 @@ class DeviceDataLoader:
             x *= pre_scale
         return pad_images(x, self.translate, "reflect") if self.translate else x
 
+    def normalized_images(self, count: "int | None" = None) -> Array:
+        """The first ``count`` (all: None) stored images without padding, flips or
+        shifts: (count, C, H, W) on the device, normalised (a view, do not modify)."""
+        r = self.translate
+        h, w = self.image_size
+        stop = self.num_samples if count is None else min(int(count), self.num_samples)
+        return self.images[:stop, :, r:r + h, r:r + w] if r else self.images[:stop]
+
     # -- bookkeeping (the DataLoader protocol fit uses) ------------------------------
     def __len__(self) -> int:
         n, b = self.num_samples, self.batch_size

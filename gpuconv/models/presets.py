@@ -11,17 +11,22 @@ producing ``num_classes`` logits (train with softmax cross-entropy).
 - ``resnet-small``: a conv stem and three residual blocks (32, 64, 128
   channels; stride-2 downsampling with 1x1 conv + BatchNorm shortcuts), global
   average pooling and one Dense layer.
+- ``airbench``: Keller Jordan's airbench94 network (94 % on CIFAR-10 in 10
+  epochs with its recipe, :mod:`gpuconv.recipes.airbench`): a frozen 2x2
+  whitening convolution, three conv groups (64/256/256 channels times
+  ``width``) of conv-pool-BN-GELU-conv-BN-GELU and a scaled linear head.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from ..layers import (BatchNorm1d, BatchNorm2d, Conv2D, Dense, Dropout, Dropout2d, Flatten,
-                      GlobalAvgPool2D, Layer, MaxPool2D, ReLU, Residual)
+from ..layers import (GELU, BatchNorm1d, BatchNorm2d, Conv2D, Dense, Dropout, Dropout2d,
+                      Flatten, GlobalAvgPool2D, Layer, MaxPool2D, Multiply, ReLU, Residual)
+from ..layers.init import Dirac, FanInUniform
 from .sequential import Sequential
 
 __all__ = ["PRESETS", "DEFAULT_PRESET", "INPUT_SHAPE", "build_preset", "seed_cnn", "tiny_cnn",
-           "resnet_small"]
+           "resnet_small", "airbench", "AIRBENCH_WIDTHS", "airbench_widths"]
 
 INPUT_SHAPE: tuple[int, int, int] = (3, 32, 32)
 """The input shape (C, H, W) every preset expects."""
@@ -76,21 +81,77 @@ def resnet_small(num_classes: int = 10) -> Sequential:
     return Sequential(layers)
 
 
-PRESETS: dict[str, Callable[[int], Sequential]] = {
+AIRBENCH_WIDTHS = (64, 256, 256)
+
+
+def airbench_widths(width: float) -> tuple[int, int, int]:
+    """The three conv-group widths of :func:`airbench` for multiplier ``width``."""
+    if not (isinstance(width, (int, float)) and not isinstance(width, bool) and width > 0):
+        raise ValueError(f"airbench: width must be a positive number, got {width!r}")
+    return tuple(max(1, round(w * width)) for w in AIRBENCH_WIDTHS)  # type: ignore[return-value]
+
+
+def _airbench_norm(channels: int) -> BatchNorm2d:
+    # airbench: eps 1e-12, running-stat momentum 0.4 (its 0.6 in the EMA convention),
+    # the scale fixed at 1 and only the shift trained
+    return BatchNorm2d(channels, eps=1e-12, momentum=0.4).freeze("weight")
+
+
+def _airbench_conv(in_channels: int, out_channels: int) -> Conv2D:
+    # PyTorch's default init, then identity filters for the first in_channels outputs
+    return Conv2D(in_channels, out_channels, 3, padding="same", bias=False,
+                  weight_init=Dirac(FanInUniform()))
+
+
+def airbench(num_classes: int = 10, width: float = 1.0) -> Sequential:
+    """airbench94's network for 3x32x32 inputs, conv-group widths 64/256/256 x ``width``.
+
+    Layer 0 is the 2x2 whitening convolution (3 -> 24 channels, no padding, with
+    bias): its weight is frozen and meant to be set from the training data
+    (:func:`gpuconv.init.patch_whitening`; :mod:`gpuconv.recipes.airbench` does
+    it). Output: ``num_classes`` logits, already multiplied by 1/9.
+    """
+    widths = airbench_widths(width)
+    whiten = Conv2D(3, 24, 2, padding=0, bias=True, weight_init=Dirac(FanInUniform()))
+    layers: list[Layer] = [whiten.freeze("weight"), GELU()]
+    in_channels = 24
+    for channels in widths:
+        layers += [_airbench_conv(in_channels, channels), MaxPool2D(2), _airbench_norm(channels),
+                   GELU(), _airbench_conv(channels, channels), _airbench_norm(channels), GELU()]
+        in_channels = channels
+    layers += [MaxPool2D(3), Flatten(),
+               Dense(in_channels, num_classes, bias=False, weight_init=FanInUniform()),
+               Multiply(1 / 9)]
+    return Sequential(layers)
+
+
+PRESETS: dict[str, Callable[..., Sequential]] = {
     "seed-cnn": seed_cnn,
     "tiny-cnn": tiny_cnn,
     "resnet-small": resnet_small,
+    "airbench": airbench,
 }
+WIDTH_PRESETS = ("airbench",)  # presets that take a width multiplier
 DEFAULT_PRESET = "seed-cnn"
 
 
-def build_preset(name: str, num_classes: int = 10, dtype: str = "float32") -> Sequential:
-    """Build preset ``name`` (see :data:`PRESETS`) with parameters in ``dtype`` (on the CPU)."""
+def build_preset(name: str, num_classes: int = 10, dtype: str = "float32",
+                 width: float = 1.0) -> Sequential:
+    """Build preset ``name`` (see :data:`PRESETS`) with parameters in ``dtype`` (on the CPU).
+
+    ``width`` multiplies the channel counts of presets that have one
+    (``airbench``); other presets accept only 1.0."""
     try:
         factory = PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(PRESETS)}") from None
-    model = factory(num_classes)
+    if name in WIDTH_PRESETS:
+        model = factory(num_classes, width=width)
+    elif width != 1.0:
+        raise ValueError(f"model {name!r} has no width multiplier (only {', '.join(WIDTH_PRESETS)}"
+                         f" has one), got width {width!r}")
+    else:
+        model = factory(num_classes)
     if str(dtype) != "float32":
         model.astype(dtype)
     return model
