@@ -44,6 +44,7 @@ import numpy
 
 from .backend import Array, get_array_module, to_numpy
 from .layers.base import Layer, Parameter
+from .optim.params import is_trainable
 
 __all__ = ["enable_mixed_precision", "GradScaler", "parameters_of", "scaled_backward_step"]
 
@@ -140,16 +141,19 @@ class GradScaler:
         """Divide every parameter's ``.grad`` by the scale, in place; return True when
         all gradients are finite.
 
-        ``params``: a model/layer, an optimizer or an iterable of Parameters. The
-        finiteness flags are reduced on the device and read once (the only host
-        sync of an AMP step). Calling it twice in one step is an error, as in torch.
+        ``params``: a model/layer, an optimizer or an iterable of Parameters.
+        Frozen parameters (``requires_grad`` False) are left alone, as torch's
+        scaler skips tensors without a ``.grad``: their gradients are neither
+        unscaled nor checked. The finiteness flags are reduced on the device and
+        read once (the only host sync of an AMP step). Calling it twice in one
+        step is an error, as in torch.
         """
         if not self.enabled:
             return True
         if self._found_inf is not None:
             raise RuntimeError("GradScaler.unscale_ was already called since the last "
                                "update(); call update() once per step")
-        grads = [p.grad for p in parameters_of(params)]
+        grads = [p.grad for p in parameters_of(params) if is_trainable(p)]
         if not grads:
             self._found_inf = False
             return True

@@ -1,10 +1,23 @@
-"""Loss functions: ``forward(pred, target)`` -> 0-d array, ``backward()`` -> d(pred).
+"""Loss functions: ``forward(pred, target)`` -> loss array, ``backward()`` -> d(pred).
 
-Every loss averages over the batch (``reduction='mean'`` in PyTorch terms) and
-returns its value as a 0-d array of ``pred``'s dtype **on pred's device**; no
-``float()`` or other host synchronisation happens, so a training step can
-queue the whole step on the GPU. ``backward()`` returns the gradient of that
-mean with respect to ``pred`` (same shape, dtype and device as ``pred``).
+Reduction (torch's names, ``reduction=`` on every loss):
+
+- ``"mean"`` (default): the average over the batch (over all elements for
+  the elementwise losses BCEWithLogits, MSE, Huber), a 0-d array;
+- ``"sum"``: the sum instead of the average, a 0-d array (airbench sums its
+  label-smoothed cross-entropy over the batch, so the gradient scales with
+  the batch size and the lr is "per 1024 examples");
+- ``"none"``: the unreduced losses -- shape (N,) for the per-sample losses
+  (cross-entropy, NLL, hinge), pred's shape for the elementwise ones.
+
+The value is an array of ``pred``'s dtype **on pred's device**; no ``float()``
+or other host synchronisation happens, so a training step can queue the
+whole step on the GPU. ``backward(grad=None)`` returns the gradient with
+respect to ``pred`` (same shape, dtype and device as ``pred``) of the
+returned value; ``grad`` is the upstream gradient: for ``"none"`` an array of
+the loss's shape (default: ones, i.e. the gradient of the losses' sum), for
+``"mean"`` / ``"sum"`` an optional scalar factor. ``fit`` reports the value
+as returned, so with ``"sum"`` the logged loss is a per-batch sum.
 
 Label validation (CuPy silently wraps out-of-range indices instead of
 raising): integer class labels are range-checked on the host whenever they are
@@ -25,8 +38,11 @@ import numpy
 
 from .backend import Array, get_array_module, to_numpy
 
-__all__ = ["Loss", "SoftmaxCrossEntropy", "BCEWithLogits", "MSE", "Hinge", "Huber",
-           "LOSSES", "get", "debug_enabled"]
+__all__ = ["Loss", "CrossEntropy", "SoftmaxCrossEntropy", "NLLLoss", "BCEWithLogits", "MSE",
+           "Hinge", "Huber", "REDUCTIONS", "KERAS_EPSILON", "LOSSES", "get", "debug_enabled"]
+
+REDUCTIONS = ("mean", "sum", "none")
+KERAS_EPSILON = 1e-7  # keras.config.epsilon()'s default: the clip of probabilities before log
 
 
 def debug_enabled() -> bool:
@@ -38,12 +54,25 @@ def _shape(a: Any) -> tuple[int, ...]:
     return tuple(getattr(a, "shape", ()))
 
 
-class Loss:
-    """Base class: ``loss(pred, target)`` == ``loss.forward(pred, target)``."""
+Weight = Any  # a python float, a 0-d array, or an array of the unreduced losses' shape
 
-    def __init__(self, check_labels: bool = False) -> None:
+
+class Loss:
+    """Base class: ``loss(pred, target)`` == ``loss.forward(pred, target)``.
+
+    Args:
+        check_labels: range-check device labels (a host sync; see the module doc).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (see the module doc).
+    """
+
+    def __init__(self, check_labels: bool = False, reduction: str = "mean") -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"{type(self).__name__}: reduction must be one of {REDUCTIONS}, "
+                             f"got {reduction!r}")
         self.check_labels = bool(check_labels)
+        self.reduction = reduction
         self._cache: tuple | None = None
+        self._loss_shape: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
@@ -51,7 +80,7 @@ class Loss:
 
     def config(self) -> dict:
         """Constructor keyword arguments (JSON-serialisable)."""
-        return {}
+        return {"reduction": self.reduction}
 
     def __call__(self, pred: Array, target: Array) -> Array:
         return self.forward(pred, target)
@@ -63,8 +92,42 @@ class Loss:
     def forward(self, pred: Array, target: Array) -> Array:
         raise NotImplementedError
 
-    def backward(self) -> Array:
+    def backward(self, grad: Any = None) -> Array:
         raise NotImplementedError
+
+    # ---- reduction -------------------------------------------------------------
+    def _reduce(self, xp: ModuleType, values: Array, dtype: Any) -> Array:
+        """Reduce the unreduced losses ``values`` as ``self.reduction`` says."""
+        self._loss_shape = tuple(values.shape)
+        if self.reduction == "none":
+            return values.astype(dtype, copy=False)
+        total = values.sum()
+        if self.reduction == "mean":
+            total = total / max(values.size, 1)
+        return xp.asarray(total, dtype=dtype)
+
+    def _weight(self, grad: Any, dtype: Any) -> Weight:
+        """d(returned value) / d(each unreduced loss), times the upstream ``grad``."""
+        if self.reduction == "none":
+            if grad is None:
+                return 1.0
+            if _shape(grad) != self._loss_shape:
+                raise ValueError(f"{self.name}.backward: grad must have the loss's shape "
+                                 f"{self._loss_shape}, got {_shape(grad)}")
+            return grad.astype(dtype, copy=False)
+        scale = 1.0 / max(int(numpy.prod(self._loss_shape)), 1) \
+            if self.reduction == "mean" else 1.0
+        if grad is None:
+            return scale
+        if _shape(grad) != ():
+            raise ValueError(f"{self.name}.backward: with reduction={self.reduction!r} grad "
+                             f"must be a scalar, got shape {_shape(grad)}")
+        return grad * scale
+
+    @staticmethod
+    def _per_row(weight: Weight) -> Weight:
+        """A per-sample weight (N,) as a column (N, 1); scalars unchanged."""
+        return weight[:, None] if len(_shape(weight)) == 1 else weight
 
     # ---- shared checks -------------------------------------------------------
     def _xp(self, pred: Array, target: Array) -> ModuleType:
@@ -102,90 +165,211 @@ class Loss:
             raise ValueError(f"{self.name}: class labels must lie in [0, {num_classes - 1}], "
                              f"got values in [{lo}, {hi}]")
 
+    def _class_target(self, pred: Array, target: Array, what: str) -> bool:
+        """Check a (N, K) pred against integer labels (N,) or a (N, K) target; True if hard."""
+        if pred.ndim != 2:
+            raise ValueError(f"{self.name}: expected {what} of shape (N, K), "
+                             f"got shape {_shape(pred)}")
+        n, k = pred.shape
+        if target.ndim == 1:
+            if target.shape[0] != n:
+                raise ValueError(f"{self.name}: expected labels of shape ({n},) "
+                                 f"for {what} {_shape(pred)}, got {_shape(target)}")
+            if target.dtype.kind not in "iu":
+                raise TypeError(f"{self.name}: labels of shape (N,) must be integers, "
+                                f"got dtype {target.dtype}; pass (N, K) for soft targets")
+            self._check_label_range(target, k)
+            return True
+        if _shape(target) != (n, k):
+            raise ValueError(f"{self.name}: expected target of shape ({n},) or "
+                             f"({n}, {k}), got {_shape(target)}")
+        return False
 
-class SoftmaxCrossEntropy(Loss):
-    """Softmax + cross-entropy on logits, like ``torch.nn.CrossEntropyLoss``.
 
-    ``pred``: logits (N, K), float32/float64. ``target``: integer labels (N,)
-    in ``[0, K)``, or probabilities / one-hot rows (N, K) (any float dtype,
-    cast to pred's dtype). ``label_smoothing`` mixes the target with the
-    uniform distribution: ``t * (1 - eps) + eps / K``. Uses a shifted
-    log-sum-exp, so logits of any magnitude give finite values and gradients.
+class CrossEntropy(Loss):
+    """Cross-entropy on logits or on probabilities (Keras's ``from_logits`` convention).
+
+    ``pred``: (N, K), float32/float64 -- logits when ``from_logits=True``
+    (softmax + cross-entropy, exactly ``torch.nn.functional.cross_entropy``
+    with ``label_smoothing`` and ``reduction``), probabilities when
+    ``from_logits=False`` (e.g. a Softmax layer's output). ``target``:
+    integer labels (N,) in ``[0, K)``, or probabilities / one-hot rows (N, K)
+    (any float dtype, cast to pred's dtype).
+
+    ``label_smoothing`` mixes the target with the uniform distribution:
+    ``t * (1 - eps) + eps / K``, per sample, before the reduction (so also
+    with ``reduction="sum"``). Per sample ``loss = -sum_k t_k log p_k``.
+
+    Logits: a shifted log-sum-exp, so logits of any magnitude give finite
+    values and gradients. Probabilities, Keras's formula
+    (``keras.losses.categorical_crossentropy``, ``from_logits=False``): each
+    row is renormalised, ``q = pred / sum_k pred``, then clipped to
+    ``[epsilon, 1 - epsilon]`` before the log, with Keras's default
+    ``epsilon = 1e-7`` (:data:`KERAS_EPSILON`); the gradient is zero where
+    the clip is active and follows the renormalisation. A row summing to 0
+    gives NaN (as in Keras). Prefer logits: they are exact where
+    probabilities underflow.
     """
 
-    def __init__(self, label_smoothing: float = 0.0, check_labels: bool = False) -> None:
-        super().__init__(check_labels)
+    def __init__(self, from_logits: bool = True, label_smoothing: float = 0.0,
+                 reduction: str = "mean", epsilon: float = KERAS_EPSILON,
+                 check_labels: bool = False) -> None:
+        super().__init__(check_labels, reduction)
         if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must be in [0, 1], "
+            raise ValueError(f"{self.name}: label_smoothing must be in [0, 1], "
                              f"got {label_smoothing}")
+        if not 0.0 < epsilon < 0.5:
+            raise ValueError(f"{self.name}: epsilon must be in (0, 0.5), got {epsilon}")
+        self.from_logits = bool(from_logits)
         self.label_smoothing = float(label_smoothing)
+        self.epsilon = float(epsilon)
 
     def config(self) -> dict:
-        return {"label_smoothing": self.label_smoothing}
+        cfg = {"from_logits": self.from_logits, "label_smoothing": self.label_smoothing,
+               **super().config()}
+        if not self.from_logits:
+            cfg["epsilon"] = self.epsilon
+        return cfg
 
     def forward(self, pred: Array, target: Array) -> Array:
         xp = self._xp(pred, target)
-        if pred.ndim != 2:
-            raise ValueError(f"SoftmaxCrossEntropy: expected logits of shape (N, K), "
-                             f"got shape {_shape(pred)}")
+        hard = self._class_target(pred, target, "logits" if self.from_logits
+                                  else "probabilities")
+        if not hard:
+            target = target.astype(pred.dtype, copy=False)
+        if self.from_logits:
+            per_sample = self._forward_logits(xp, pred, target, hard)
+        else:
+            per_sample = self._forward_probabilities(xp, pred, target, hard)
+        return self._reduce(xp, per_sample, pred.dtype)
+
+    def _forward_logits(self, xp: ModuleType, pred: Array, target: Array, hard: bool) -> Array:
         n, k = pred.shape
         eps = self.label_smoothing
-        hard = target.ndim == 1
-        if hard:
-            if target.shape[0] != n:
-                raise ValueError(f"SoftmaxCrossEntropy: expected labels of shape ({n},) "
-                                 f"for logits {_shape(pred)}, got {_shape(target)}")
-            if target.dtype.kind not in "iu":
-                raise TypeError(f"SoftmaxCrossEntropy: labels of shape (N,) must be integers, "
-                                f"got dtype {target.dtype}; pass (N, K) for soft targets")
-            self._check_label_range(target, k)
-        elif _shape(target) != (n, k):
-            raise ValueError(f"SoftmaxCrossEntropy: expected target of shape ({n},) or "
-                             f"({n}, {k}), got {_shape(target)}")
-        else:
-            target = target.astype(pred.dtype, copy=False)
-
         shifted = pred - pred.max(axis=1, keepdims=True)        # (N, K), <= 0
         probs = xp.exp(shifted)
         sums = probs.sum(axis=1, keepdims=True)                 # (N, 1), in [1, K]
         probs /= sums                                           # softmax
-        log_z = xp.log(sums)
-        shifted -= log_z                                        # log-softmax, finite
-        rows = xp.arange(n)
+        shifted -= xp.log(sums)                                 # log-softmax, finite
         if hard:
-            nll = -shifted[rows, target].sum()
+            per_sample = -shifted[xp.arange(n), target]
             if eps:
-                nll = nll * (1.0 - eps) - shifted.sum() * (eps / k)
-            self._cache = (probs, target, None)
+                per_sample = per_sample * (1.0 - eps) - shifted.sum(axis=1) * (eps / k)
+            self._cache = ("logits", probs, target, None)
         else:
             if eps:
                 target = target * (1.0 - eps) + eps / k
-            nll = -(shifted * target).sum()
-            self._cache = (probs, None, target)
-        return xp.asarray(nll / n, dtype=pred.dtype)
+            per_sample = -(shifted * target).sum(axis=1)
+            self._cache = ("logits", probs, None, target)
+        return per_sample
 
-    def backward(self) -> Array:
-        probs, labels, soft = self._require_cache()
-        n, k = probs.shape
-        if labels is not None:
-            grad = probs * (1.0 / n)
-            eps = self.label_smoothing
-            grad[get_array_module(probs).arange(n), labels] -= (1.0 - eps) / n
-            if eps:
-                grad -= eps / (k * n)
-            return grad
-        # d/dz of -sum_k t_k log p_k = p * sum_k t_k - t (rows need not sum to 1)
-        grad = probs * soft.sum(axis=1, keepdims=True)
-        grad -= soft
-        grad *= 1.0 / n
-        return grad
+    def _forward_probabilities(self, xp: ModuleType, pred: Array, target: Array,
+                               hard: bool) -> Array:
+        n, k = pred.shape
+        eps = self.label_smoothing
+        if hard:   # dense smoothed one-hot rows: the gradient needs every class anyway
+            dense = xp.full((n, k), eps / k, dtype=pred.dtype)
+            dense[xp.arange(n), target] += 1.0 - eps
+        else:
+            dense = target * (1.0 - eps) + eps / k if eps else target
+        sums = pred.sum(axis=1, keepdims=True)
+        q = pred / sums
+        low, high = self.epsilon, 1.0 - self.epsilon
+        inside = (q >= low) & (q <= high)                       # where the clip passes gradient
+        clipped = xp.clip(q, low, high)
+        per_sample = -(dense * xp.log(clipped)).sum(axis=1)
+        self._cache = ("probabilities", dense, clipped, q, sums, inside)
+        return per_sample
+
+    def backward(self, grad: Any = None) -> Array:
+        cache = self._require_cache()
+        if cache[0] == "logits":
+            _, probs, labels, soft = cache
+            weight = self._per_row(self._weight(grad, probs.dtype))
+            xp = get_array_module(probs)
+            n, k = probs.shape
+            if labels is not None:
+                eps = self.label_smoothing
+                dpred = probs * weight
+                rows = xp.arange(n)
+                dpred[rows, labels] -= (1.0 - eps) * (weight[:, 0] if _shape(weight) else weight)
+                if eps:
+                    dpred -= (eps / k) * weight
+                return dpred
+            # d/dz of -sum_k t_k log p_k = p * sum_k t_k - t (rows need not sum to 1)
+            dpred = probs * soft.sum(axis=1, keepdims=True)
+            dpred -= soft
+            dpred *= weight
+            return dpred
+        _, dense, clipped, q, sums, inside = cache
+        weight = self._per_row(self._weight(grad, q.dtype))
+        # loss = -sum_k t_k log clip(q_k), q = p / sum(p): dL/dq = -t / clip(q) (0 where
+        # clipped); through the renormalisation dL/dp_j = (dL/dq_j - sum_k dL/dq_k q_k) / sum(p)
+        dq = -dense / clipped
+        dq *= inside
+        dpred = dq - (dq * q).sum(axis=1, keepdims=True)
+        dpred /= sums
+        dpred *= weight
+        return dpred
+
+
+class SoftmaxCrossEntropy(CrossEntropy):
+    """Softmax + cross-entropy on logits, like ``torch.nn.CrossEntropyLoss``:
+    :class:`CrossEntropy` with ``from_logits=True``.
+
+    ``pred``: logits (N, K), float32/float64. ``target``: integer labels (N,)
+    in ``[0, K)``, or probabilities / one-hot rows (N, K) (any float dtype,
+    cast to pred's dtype). ``label_smoothing`` mixes the target with the
+    uniform distribution: ``t * (1 - eps) + eps / K``. ``reduction``: ``"mean"``
+    (default), ``"sum"`` or ``"none"`` (per-sample losses, (N,)).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, check_labels: bool = False,
+                 reduction: str = "mean") -> None:
+        super().__init__(from_logits=True, label_smoothing=label_smoothing,
+                         reduction=reduction, check_labels=check_labels)
+
+    def config(self) -> dict:
+        return {"label_smoothing": self.label_smoothing, "reduction": self.reduction}
+
+
+class NLLLoss(Loss):
+    """Negative log-likelihood on log-probabilities, like ``torch.nn.NLLLoss``
+    (no class weights, no ``ignore_index``).
+
+    ``pred``: log-probabilities (N, K) (e.g. a log-softmax output),
+    float32/float64; ``target``: integer labels (N,) in ``[0, K)``. Per
+    sample ``-pred[i, target[i]]``, reduced by ``reduction``.
+    """
+
+    def forward(self, pred: Array, target: Array) -> Array:
+        xp = self._xp(pred, target)
+        if pred.ndim != 2:
+            raise ValueError(f"NLLLoss: expected log-probabilities of shape (N, K), "
+                             f"got shape {_shape(pred)}")
+        n, k = pred.shape
+        if _shape(target) != (n,):
+            raise ValueError(f"NLLLoss: expected labels of shape ({n},) for "
+                             f"log-probabilities {_shape(pred)}, got {_shape(target)}")
+        if target.dtype.kind not in "iu":
+            raise TypeError(f"NLLLoss: labels must be integers, got dtype {target.dtype}")
+        self._check_label_range(target, k)
+        self._cache = (target, pred.shape, pred.dtype, xp)
+        return self._reduce(xp, -pred[xp.arange(n), target], pred.dtype)
+
+    def backward(self, grad: Any = None) -> Array:
+        target, shape, dtype, xp = self._require_cache()
+        weight = self._weight(grad, dtype)
+        dpred = xp.zeros(shape, dtype=dtype)
+        dpred[xp.arange(shape[0]), target] = -weight
+        return dpred
 
 
 class BCEWithLogits(Loss):
     """Sigmoid + binary cross-entropy on logits, like ``torch.nn.BCEWithLogitsLoss``.
 
     ``pred``: logits of any shape; ``target``: probabilities in [0, 1] of the
-    same shape (cast to pred's dtype). Mean over all elements. Uses
+    same shape (cast to pred's dtype). Reduced over all elements. Uses
     ``max(x, 0) - x*t + log1p(exp(-|x|))``, stable for any magnitude.
     """
 
@@ -198,17 +382,17 @@ class BCEWithLogits(Loss):
         sig = xp.where(pred >= 0, 1.0, e)
         sig /= 1.0 + e
         self._cache = (sig, target)
-        return xp.asarray(value.mean(), dtype=pred.dtype)
+        return self._reduce(xp, value, pred.dtype)
 
-    def backward(self) -> Array:
+    def backward(self, grad: Any = None) -> Array:
         sig, target = self._require_cache()
-        grad = sig - target
-        grad *= 1.0 / max(sig.size, 1)
-        return grad
+        dpred = sig - target
+        dpred *= self._weight(grad, sig.dtype)
+        return dpred
 
 
 class MSE(Loss):
-    """Mean squared error over all elements, like ``torch.nn.MSELoss``.
+    """Squared error reduced over all elements, like ``torch.nn.MSELoss``.
 
     ``pred`` and ``target``: same shape (target cast to pred's dtype).
     """
@@ -218,28 +402,30 @@ class MSE(Loss):
         target = self._same_shape_target(xp, pred, target)
         diff = pred - target
         self._cache = (diff,)
-        return xp.asarray(xp.mean(diff * diff), dtype=pred.dtype)
+        return self._reduce(xp, diff * diff, pred.dtype)
 
-    def backward(self) -> Array:
+    def backward(self, grad: Any = None) -> Array:
         (diff,) = self._require_cache()
-        return diff * (2.0 / max(diff.size, 1))
+        dpred = diff * 2.0
+        dpred *= self._weight(grad, diff.dtype)
+        return dpred
 
 
 class Huber(Loss):
-    """Huber loss, like ``torch.nn.HuberLoss(delta=delta)``, mean over all elements.
+    """Huber loss, like ``torch.nn.HuberLoss(delta=delta)``, reduced over all elements.
 
     Per element: ``0.5 d^2`` where ``|d| < delta`` else ``delta (|d| - delta/2)``,
     with ``d = pred - target``. ``pred`` and ``target``: same shape.
     """
 
-    def __init__(self, delta: float = 1.0) -> None:
-        super().__init__()
+    def __init__(self, delta: float = 1.0, reduction: str = "mean") -> None:
+        super().__init__(reduction=reduction)
         if delta <= 0:
             raise ValueError(f"Huber: delta must be positive, got {delta}")
         self.delta = float(delta)
 
     def config(self) -> dict:
-        return {"delta": self.delta}
+        return {"delta": self.delta, **super().config()}
 
     def forward(self, pred: Array, target: Array) -> Array:
         xp = self._xp(pred, target)
@@ -249,29 +435,30 @@ class Huber(Loss):
         d = self.delta
         value = xp.where(ad < d, 0.5 * diff * diff, d * (ad - 0.5 * d))
         self._cache = (diff,)
-        return xp.asarray(value.mean(), dtype=pred.dtype)
+        return self._reduce(xp, value, pred.dtype)
 
-    def backward(self) -> Array:
+    def backward(self, grad: Any = None) -> Array:
         (diff,) = self._require_cache()
         xp = get_array_module(diff)
-        grad = xp.clip(diff, -self.delta, self.delta)
-        grad *= 1.0 / max(diff.size, 1)
-        return grad
+        dpred = xp.clip(diff, -self.delta, self.delta)
+        dpred *= self._weight(grad, diff.dtype)
+        return dpred
 
 
 class Hinge(Loss):
     """Multi-class margin loss, like ``torch.nn.MultiMarginLoss()`` (p=1, margin=1).
 
     ``pred``: scores (N, K); ``target``: integer labels (N,). Per sample
-    ``sum_{j != y} max(0, margin - x_y + x_j) / K``, averaged over N.
+    ``sum_{j != y} max(0, margin - x_y + x_j) / K``, reduced over N.
     """
 
-    def __init__(self, margin: float = 1.0, check_labels: bool = False) -> None:
-        super().__init__(check_labels)
+    def __init__(self, margin: float = 1.0, check_labels: bool = False,
+                 reduction: str = "mean") -> None:
+        super().__init__(check_labels, reduction)
         self.margin = float(margin)
 
     def config(self) -> dict:
-        return {"margin": self.margin}
+        return {"margin": self.margin, **super().config()}
 
     def forward(self, pred: Array, target: Array) -> Array:
         xp = self._xp(pred, target)
@@ -291,21 +478,25 @@ class Hinge(Loss):
         active = margins > 0
         xp.maximum(margins, 0, out=margins)
         self._cache = (active, target, pred.dtype)
-        return xp.asarray(margins.sum() / (n * k), dtype=pred.dtype)
+        return self._reduce(xp, margins.sum(axis=1) / k, pred.dtype)
 
-    def backward(self) -> Array:
+    def backward(self, grad: Any = None) -> Array:
         active, target, dtype = self._require_cache()
         xp = get_array_module(active)
         n, k = active.shape
-        grad = active.astype(dtype)
-        grad[xp.arange(n), target] = -grad.sum(axis=1)
-        grad *= 1.0 / (n * k)
-        return grad
+        dpred = active.astype(dtype)
+        dpred[xp.arange(n), target] = -dpred.sum(axis=1)
+        dpred *= self._per_row(self._weight(grad, dtype))
+        dpred *= 1.0 / k
+        return dpred
 
 
 LOSSES: dict[str, type[Loss]] = {
     "softmax_cross_entropy": SoftmaxCrossEntropy,
     "cross_entropy": SoftmaxCrossEntropy,
+    "categorical_cross_entropy": CrossEntropy,
+    "nll": NLLLoss,
+    "nll_loss": NLLLoss,
     "bce_with_logits": BCEWithLogits,
     "mse": MSE,
     "hinge": Hinge,

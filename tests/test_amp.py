@@ -147,6 +147,25 @@ def test_unscale_reads_the_device_once(device, monkeypatch):
     assert scaler.unscale_(model) is False and len(reads) == 2
 
 
+def test_unscale_skips_frozen_parameters():
+    """A frozen parameter (requires_grad False) is neither unscaled nor checked, like a
+    torch tensor without .grad: its overflow does not skip the step."""
+    class Freezable(Parameter):
+        pass
+
+    frozen, live = Freezable(numpy.ones(2, dtype=numpy.float32)), \
+        Parameter(numpy.ones(2, dtype=numpy.float32))
+    frozen.requires_grad = False
+    frozen.grad[...] = [numpy.inf, 8.0]
+    live.grad[...] = 8.0
+    opt = SGD([frozen, live], lr=1.0)
+    scaler = GradScaler(init_scale=8.0)
+    assert scaler.step(opt) is True and opt.step_count == 1
+    numpy.testing.assert_array_equal(frozen.grad, [numpy.inf, 8.0])
+    numpy.testing.assert_array_equal(live.data, [0.0, 0.0])  # 1 - lr * 8 / 8
+    numpy.testing.assert_array_equal(frozen.data, [1.0, 1.0])
+
+
 # ---- the compute-dtype policy -----------------------------------------------------------
 
 def test_policy_reaches_every_layer_and_can_be_turned_off():

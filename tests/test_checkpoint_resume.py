@@ -227,3 +227,59 @@ def test_save_checkpoint_packs_nested_state(tmp_path):
     with pytest.raises(TypeError, match=r"cannot store object at extra\.bad"):
         save_checkpoint(tmp_path / "d.npz", model, extra={"bad": object()})
     assert not os.path.exists(tmp_path / "d.npz")
+
+
+def test_resume_with_parameter_groups_a_frozen_parameter_and_a_batch_schedule(tmp_path):
+    """airbench-style state: two SGD groups (BatchNorm biases at 64x lr, their own weight
+    decay), a frozen parameter, a per-batch PiecewiseLinear schedule and a summed,
+    label-smoothed loss. 1 epoch + checkpoint + resume == 2 epochs straight, bit for bit."""
+    from gpuconv.layers import BatchNorm2d, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+    from gpuconv.losses import CrossEntropy
+    from gpuconv.optim import SGD, airbench_sgd_hyperparameters
+    from gpuconv.optim.lr_scheduler import PiecewiseLinear
+    from gpuconv.training.loop import ArrayBatches
+
+    class Freezable(gpuconv.layers.Parameter):
+        pass
+
+    def build(seed):
+        gpuconv.seed(seed)
+        model = gpuconv.Sequential([Conv2D(1, 4, 3, padding=1), BatchNorm2d(4), ReLU(),
+                                    MaxPool2D(2), Flatten(), Dense(4 * 4 * 4, 3)])
+        conv = model.children()[0]
+        conv.bias = frozen = Freezable(conv.bias.data, "bias")  # can carry requires_grad
+        frozen.requires_grad = False
+        named = dict(model.named_parameters())
+        h = airbench_sgd_hyperparameters(16)
+        opt = SGD([{"params": [named["1.bias"]], "lr": h["bias_lr"],
+                    "weight_decay": h["bias_weight_decay"], "name": "norm_biases"},
+                   {"params": [p for n, p in named.items() if n != "1.bias"],
+                    "lr": h["lr"], "weight_decay": h["weight_decay"]}],
+                  momentum=h["momentum"], nesterov=True)
+        sched = PiecewiseLinear(opt, [0, 2, 8], [0.2, 1.0, 0.07])
+        rng = numpy.random.default_rng(0)
+        x = rng.normal(size=(64, 1, 8, 8)).astype(numpy.float32)
+        y = (x[:, 0, :4].mean(axis=(1, 2)) > 0).astype(numpy.int64)
+        return model, opt, sched, ArrayBatches(x, y, batch_size=16), frozen
+
+    loss = CrossEntropy(label_smoothing=0.2, reduction="sum")
+    model, opt, sched, data, frozen = build(0)
+    before = to_numpy(frozen.data).copy()
+    model.fit(data, 2, opt, loss, scheduler=sched, verbose=0)
+    expected = weights(model)
+    numpy.testing.assert_array_equal(to_numpy(frozen.data), before)
+
+    first = build(0)
+    ckpt = tmp_path / "groups.npz"
+    first[0].fit(first[3], 1, first[1], loss, scheduler=first[2], verbose=0,
+                 checkpoint_path=ckpt)
+    saved = load_checkpoint(ckpt).optimizer_state
+    assert [g["name"] for g in saved["param_groups"] if "name" in g] == ["norm_biases"]
+    assert saved["param_steps"] == [4, 4, 0, 4, 4, 4]  # norm bias | conv w, conv b (frozen), ...
+    resumed = build(7)   # other weights and lrs: everything must come from the checkpoint
+    resumed[0].fit(resumed[3], 2, resumed[1], loss, scheduler=resumed[2], verbose=0,
+                   resume_from=ckpt)
+    for key, value in expected.items():
+        numpy.testing.assert_array_equal(weights(resumed[0])[key], value, err_msg=key)
+    assert [g["lr"] for g in resumed[1].param_groups] == [g["lr"] for g in opt.param_groups]
+    assert resumed[1].param_groups[0]["lr"] == 64 * resumed[1].param_groups[1]["lr"]

@@ -7,9 +7,12 @@ fsync, ``os.replace``), with no pickles:
   as :func:`gpuconv.io.spec.save_model` writes it (so
   ``load_model`` can also read a checkpoint's model);
 - ``"checkpoint"``: JSON (1-D uint8) with ``format``, ``version``, ``epoch``
-  (number of completed epochs), ``lr``, the optimizer's and scheduler's
-  ``state_dict()``, the RNG states (``gpuconv.backend.get_state()``), the
-  history records and ``extra`` (loader/callback state, interruption info);
+  (number of completed epochs), ``lr`` (``optimizer.lr``: the first parameter
+  group's), the optimizer's and scheduler's ``state_dict()`` (with every
+  parameter group's settings and lr, see :mod:`gpuconv.optim.base`; optimizer
+  states written before parameter groups existed still load), the RNG states
+  (``gpuconv.backend.get_state()``), the history records and ``extra``
+  (loader/callback state, interruption info);
   arrays inside those trees are stored as ``"state/<i>"`` entries.
 
 Note: ``gpuconv.backend.get_state()`` snapshots the host and CPU generators;

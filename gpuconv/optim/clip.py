@@ -1,17 +1,22 @@
-"""Gradient clipping by global norm, like ``torch.nn.utils.clip_grad_norm_``."""
+"""Gradient clipping by global norm, like ``torch.nn.utils.clip_grad_norm_``.
+
+Frozen parameters (``requires_grad`` False) are left out of the norm and are
+not scaled, as torch leaves out parameters whose ``.grad`` is None.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from ..backend import Array, get_array_module
-from .base import as_parameter_list
+from .params import trainable
 
 __all__ = ["clip_grad_norm", "grad_norm"]
 
 
 def grad_norm(params: Any) -> Array:
-    """Global L2 norm of all gradients: a 0-d array on their device (dtype of the first grad)."""
-    plist = as_parameter_list(params)
+    """Global L2 norm of the trainable parameters' gradients: a 0-d array on their device
+    (dtype of the first grad)."""
+    plist = trainable(params)
     if not plist:
         return get_array_module().zeros((), dtype="float64")
     xp = get_array_module(*(p.grad for p in plist))
@@ -24,7 +29,8 @@ def grad_norm(params: Any) -> Array:
 
 
 def clip_grad_norm(params: Any, max_norm: float) -> Array:
-    """Scale all gradients in place so their global L2 norm is at most ``max_norm``.
+    """Scale the trainable parameters' gradients in place so that their global L2 norm
+    is at most ``max_norm``.
 
     ``params``: a model or an iterable of Parameters (all on one device).
     The factor ``min(1, max_norm / (norm + 1e-6))`` is computed and applied
@@ -33,7 +39,7 @@ def clip_grad_norm(params: Any, max_norm: float) -> Array:
     """
     if max_norm <= 0:
         raise ValueError(f"clip_grad_norm: max_norm must be positive, got {max_norm}")
-    plist = as_parameter_list(params)
+    plist = trainable(params)
     norm = grad_norm(plist)
     if not plist:
         return norm

@@ -14,6 +14,9 @@ Which parameters are penalised (``include``):
 - ``"all"``: every parameter.
 - a callable ``include(p) -> bool`` on each :class:`Parameter`.
 
+Frozen parameters (``requires_grad`` False, see :mod:`.params`) are never
+selected: they add nothing to the penalty and get no gradient.
+
 Definitions (``w`` runs over the selected parameters' elements):
 
 - ``L1(lam)``: ``lam * sum|w|``; gradient ``lam * sign(w)`` (0 at w == 0).
@@ -27,6 +30,7 @@ from typing import Any, Callable, Iterable, Union
 
 from ..backend import Array, get_array_module
 from ..layers.base import Parameter
+from .params import is_trainable
 
 __all__ = ["Regularizer", "L1", "L2", "ElasticNet", "Include"]
 
@@ -64,10 +68,10 @@ class Regularizer:
         return f"{type(self).__name__}(l1={self.l1}, l2={self.l2}, include={self.include!r})"
 
     def selected(self, params: Any) -> list[Parameter]:
-        """The parameters this regularizer acts on (``params``: list or model)."""
+        """The trainable parameters this regularizer acts on (``params``: list or model)."""
         if hasattr(params, "parameters") and callable(params.parameters):
             params = params.parameters()
-        return [p for p in params if self._select(p)]
+        return [p for p in params if is_trainable(p) and self._select(p)]
 
     def penalty(self, params: Any) -> Array:
         """The penalty as a 0-d array on the parameters' device (dtype of the first one)."""

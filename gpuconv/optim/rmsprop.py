@@ -12,7 +12,7 @@ __all__ = ["RMSprop"]
 
 
 class RMSprop(Optimizer):
-    """RMSprop::
+    """RMSprop, per parameter with its group's hyper-parameters::
 
         g = grad + weight_decay * p
         s = alpha * s + (1 - alpha) * g^2                      # square_avg
@@ -22,58 +22,61 @@ class RMSprop(Optimizer):
         else:         p -= lr * g / d
 
     State: ``square_avg``, plus ``momentum_buffer`` (momentum > 0) and
-    ``grad_avg`` (centered), each like p.
+    ``grad_avg`` (centered), each like p. Parameter-group keys: ``params``,
+    ``lr``, ``alpha``, ``eps``, ``weight_decay``, ``momentum``, ``centered``.
     """
 
     def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
                  regularizer: Regularizer | None = None) -> None:
-        super().__init__(params, lr, regularizer)
-        self.alpha = check_range("RMSprop: alpha", alpha, 0.0)
-        self.eps = check_range("RMSprop: eps", eps, 0.0)
-        self.weight_decay = check_range("RMSprop: weight_decay", weight_decay, 0.0)
-        self.momentum = check_range("RMSprop: momentum", momentum, 0.0)
-        self.centered = bool(centered)
+        super().__init__(params, lr, regularizer, alpha=alpha, eps=eps,
+                         weight_decay=weight_decay, momentum=momentum, centered=centered)
 
-    def config(self) -> dict:
-        return {**super().config(), "alpha": self.alpha, "eps": self.eps,
-                "weight_decay": self.weight_decay, "momentum": self.momentum,
-                "centered": self.centered}
+    def _validate(self, values: dict[str, Any], where: str,
+                  lr_optional: bool = False) -> dict[str, Any]:
+        out = super()._validate(values, where, lr_optional)
+        name = f"RMSprop{where}"
+        for key in ("alpha", "eps", "weight_decay", "momentum"):
+            out[key] = check_range(f"{name}: {key}", out[key], 0.0)
+        out["centered"] = bool(out["centered"])
+        return out
 
-    def _needed_buffers(self) -> tuple[str, ...]:
+    def _needed_buffers(self, group: dict[str, Any]) -> tuple[str, ...]:
         names = ("square_avg",)
-        if self.momentum:
+        if group["momentum"]:
             names += ("momentum_buffer",)
-        if self.centered:
+        if group["centered"]:
             names += ("grad_avg",)
         return names
 
-    def _update(self, p: Parameter, state: dict[str, Array], index: int) -> None:
+    def _update(self, p: Parameter, state: dict[str, Array], index: int,
+                group: dict[str, Any]) -> None:
         xp = get_array_module(p.data)
-        g = self._grad(p, index, self.weight_decay)
+        alpha, momentum = group["alpha"], group["momentum"]
+        g = self._grad(p, index, group["weight_decay"])
         work = self._scratch(p, index, 1)
         s = state["square_avg"]
-        s *= self.alpha
+        s *= alpha
         xp.multiply(g, g, out=work)
-        work *= 1.0 - self.alpha
+        work *= 1.0 - alpha
         s += work
-        if self.centered:
+        if group["centered"]:
             a = state["grad_avg"]
             xp.subtract(g, a, out=work)                 # a.lerp_(g, 1 - alpha)
-            work *= 1.0 - self.alpha
+            work *= 1.0 - alpha
             a += work
             xp.multiply(a, a, out=work)
             xp.subtract(s, work, out=work)
             xp.sqrt(work, out=work)
         else:
             xp.sqrt(s, out=work)
-        work += self.eps
+        work += group["eps"]
         xp.divide(g, work, out=work)                    # g / d
-        if self.momentum:
+        if momentum:
             buf = state["momentum_buffer"]
-            buf *= self.momentum
+            buf *= momentum
             buf += work
-            xp.multiply(buf, self.lr, out=work)
+            xp.multiply(buf, group["lr"], out=work)
         else:
-            work *= self.lr
+            work *= group["lr"]
         p.data -= work
