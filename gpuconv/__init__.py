@@ -11,8 +11,9 @@ The package's parts, in import order (each imports only from parts before it;
 6. ``io``         files: the safe .npz, model spec, checkpoints, atomic writes
 7. ``training``   the training loop, callbacks, progress, batches
 8. ``models``     the trainable ``Sequential``, ``load_model``, presets (``build_preset``)
-9. ``data``       datasets (public as ``gpuconv.datasets``), augmentation, ``DataLoader``
-10. ``cli``, ``bench`` the ``gpuconv`` command and its benchmarks
+9. ``data``       datasets (public as ``gpuconv.datasets``), augmentation, data loaders
+10. ``recipes``   complete training recipes (``recipes.airbench``)
+11. ``cli``, ``bench`` the ``gpuconv`` command and its benchmarks
 """
 from . import amp, backend, datasets, init, layers, losses, metrics, optim
 from .backend import get_device, seed

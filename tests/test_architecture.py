@@ -1,7 +1,7 @@
 """The package keeps its one-way architecture and its dependency promises.
 
 backend -> ops -> layers -> containers -> losses -> optim -> metrics -> amp -> io
--> training -> models -> data -> cli / bench: each part may import only from
+-> training -> models -> data -> recipes -> cli / bench: each part may import only from
 itself and parts to its left. The public aliases ``gpuconv/init.py`` (of
 ``layers.init``) and ``gpuconv/datasets.py`` (of ``data.datasets``) rank with
 the part they re-export. No deep-learning library is imported anywhere inside
@@ -17,7 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gpuconv"
 ORDER = ["backend", "ops", "layers", "containers", "losses", "optim", "metrics", "amp", "io",
-         "training", "models", "data", "cli"]
+         "training", "models", "data", "recipes", "cli"]
 RANK = {part: i for i, part in enumerate(ORDER)}
 RANK["bench"] = RANK["cli"]  # bench and cli are the two top-level entry points
 RANK["init"] = RANK["layers"]  # gpuconv/init.py: the public name of layers/init.py
