@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..io.atomic import atomic_write_text
+from ..training.console import wrap_text
 
 __all__ = ["COLUMNS", "DROP_ORDER", "format_table", "table_rows", "default_json_path", "write_json",
            "write_png", "NA"]
@@ -90,8 +91,8 @@ def format_table(results: Sequence[dict[str, Any]], width: int | None = None) ->
         previous = result["workload"]
         out.append(line(cells))
     if dropped:
-        out.append(f"(left out to fit {width} columns: {', '.join(dropped)}; all are in the "
-                   "JSON file)")
+        out.append(wrap_text(f"(left out to fit the terminal: {', '.join(dropped)}; all are "
+                             "in the JSON file)", width))
     return "\n".join(out)
 
 

@@ -143,7 +143,8 @@ class _HelpFormatter(argparse.HelpFormatter):
         for line in text.splitlines():
             body = line.lstrip()
             lead = len(line) - len(body)
-            hang = lead + (body.find("  ") + 2 if "  " in body else 2)
+            gap = body.find("  ")  # "name  text": continuations start under the text
+            hang = lead + (len(body) - len(body[gap:].lstrip()) if gap > 0 else 2)
             out.append(wrap_text(indent + line, width, " " * (hang - lead)))
         return "\n".join(out)
 
@@ -170,8 +171,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=presets_help(), formatter_class=_HelpFormatter)
     d = DEFAULTS
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", choices=sorted(PRESETS), default=None,
-                   help=f"model preset (default {d['model']}; see the list below)")
+    # metavars instead of {choice,...} lists keep the usage lines inside 60 columns
+    g.add_argument("--model", choices=sorted(PRESETS), default=None, metavar="PRESET",
+                   help=f"model preset: {', '.join(sorted(PRESETS))} (default {d['model']}; "
+                        "see the list below)")
     g.add_argument("--data-dir", default=None,
                    help="CIFAR-10 root (holding cifar-10-batches-py/ or -bin/); default "
                         "$GPUCONV_DATA, else ~/.cache/gpuconv")
@@ -192,8 +195,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"maximum number of epochs (default {d['epochs']})")
     g.add_argument("--batch-size", type=_positive_int, default=None,
                    help=f"training batch size (default {d['batch_size']})")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                   help=f"optimizer (default {d['optimizer']})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None, metavar="NAME",
+                   help=f"optimizer: {', '.join(OPTIMIZERS)} (default {d['optimizer']})")
     g.add_argument("--lr", type=_non_negative_float, default=None,
                    help=f"learning rate (peak lr for onecycle; default {d['lr']})")
     g.add_argument("--weight-decay", type=_non_negative_float, default=None,
@@ -202,11 +205,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="momentum for sgd (default 0.9) and rmsprop (default 0)")
     g.add_argument("--label-smoothing", type=_non_negative_float, default=None,
                    help=f"label smoothing of the cross-entropy (default {d['label_smoothing']})")
-    g.add_argument("--schedule", choices=SCHEDULES, default=None,
+    g.add_argument("--schedule", choices=SCHEDULES, default=None, metavar="NAME",
                    help="lr schedule: plateau = ReduceLROnPlateau(factor 0.5, patience 3, "
                         "min_lr 1e-6) on val_loss; cosine = cosine annealing over the epochs; "
-                        "onecycle = one-cycle per batch; step = StepLR(--step-size, --gamma) "
-                        f"(default {d['schedule']})")
+                        "onecycle = one-cycle per batch; step = StepLR(--step-size, --gamma); "
+                        f"none (default {d['schedule']})")
     g.add_argument("--step-size", type=_positive_int, default=None,
                    help=f"epochs per lr step for --schedule step (default {d['step_size']})")
     g.add_argument("--gamma", type=_non_negative_float, default=None,
@@ -214,9 +217,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--patience", type=int, default=None,
                    help="early stopping: epochs without improvement of --monitor before "
                         f"stopping (best weights restored); 0 disables (default {d['patience']})")
-    g.add_argument("--monitor", choices=MONITORS, default=None,
-                   help="metric for early stopping and the best model "
-                        f"(default {d['monitor']})")
+    g.add_argument("--monitor", choices=MONITORS, default=None, metavar="METRIC",
+                   help=f"metric for early stopping and the best model: "
+                        f"{' or '.join(MONITORS)} (default {d['monitor']})")
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None,
                    help="auto, cpu, cuda or cuda:N (default auto: CUDA when available)")
@@ -355,11 +358,12 @@ def _finished(out: Path, settings: dict) -> str | None:
     how = "early stopping ended it" if stopped else "all epochs done"
     text = (f"The run in {out} is finished: {ckpt.epoch} epoch(s), {how}; {result} (see "
             f"{out / rd.REPORT_TXT}). Nothing to do.")
+    width = terminal_width(sys.stdout)
     if stopped:
-        return text
+        return _message(text, width=width)
     return _message(text + " To train it for more epochs:",
                     _Command(f"gpuconv train --resume {out} --epochs {ckpt.epoch + 10}"),
-                    width=terminal_width(sys.stdout))
+                    width=width)
 
 
 def _occupied(out: Path) -> str:
@@ -482,7 +486,7 @@ def run(args: argparse.Namespace) -> int:
     if previous is not None:
         finished = _finished(out, settings)
         if finished is not None:  # no second test evaluation, no new config entry
-            print(wrap_text(finished, terminal_width(sys.stdout) - 1))
+            print(finished)
             return 0
     device = resolve_device(settings["device"])
     if settings["amp"]:

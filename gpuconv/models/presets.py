@@ -96,8 +96,8 @@ PRESET_HELP: dict[str, str] = {
     "tiny-cnn": "25.6k params; accuracy not measured; ~170 s/epoch",
     "resnet-small": "309k params; accuracy not measured; ~18 min/epoch",
 }
-PRESET_HELP_NOTE = ("s/epoch: 45,000 training + 5,000 validation images, batch 128, basic "
-                    "augmentation, on the 2-core Xeon of docs/bench-cpu.json")
+PRESET_HELP_NOTE = ("per epoch: 45,000 training + 5,000 validation images, batch 128, on a "
+                    "2-core Xeon VM like that of docs/bench-cpu.json")
 
 
 def build_preset(name: str, num_classes: int = 10, dtype: str = "float32") -> Sequential:

@@ -6,7 +6,7 @@ count, the running loss and accuracy, the learning rate, images/s and the
 estimated time left for the epoch (``ETA``) and for the whole run
 (``run``). The running values are read from the device
 (:meth:`EpochStats.sync`) only when the line is refreshed, every
-``interval`` seconds (0.5 by default): that read is the only host<->device
+``interval`` seconds (0.5 by default, see :data:`REFRESH_INTERVAL`): that read is the only host<->device
 sync of the training loop. The learning rate comes from an ``lr`` callable
 (``fit`` passes one returning ``optimizer.lr``, a Python float: no sync),
 called at every refresh so per-batch schedulers show up live. At the end of
@@ -26,6 +26,7 @@ time before any epoch has finished. Early stopping can end the run sooner.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, Callable, Sequence, TextIO
@@ -37,7 +38,18 @@ __all__ = ["EpochProgress", "format_logs", "epoch_lines", "format_duration",
            "REFRESH_INTERVAL"]
 
 REFRESH_INTERVAL = 0.5
-"""Seconds between progress-line refreshes (each one reads the running values)."""
+"""Seconds between progress-line refreshes (each one reads the running values);
+``$GPUCONV_PROGRESS_INTERVAL`` overrides it (e.g. 5 for a slow remote terminal,
+0 to refresh after every step)."""
+
+
+def _interval() -> float:
+    text = os.environ.get("GPUCONV_PROGRESS_INTERVAL", "")
+    try:
+        value = float(text)
+    except ValueError:
+        return REFRESH_INTERVAL
+    return value if value >= 0 else REFRESH_INTERVAL
 
 _LOG_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "images_per_s", "time",
              "skipped", "amp_skipped", "amp_scale")
@@ -116,7 +128,7 @@ class EpochProgress:
         self.stats = stats
         self.lr = lr
         self.verbose = verbose
-        self.interval = float(REFRESH_INTERVAL if interval is None else interval)
+        self.interval = float(_interval() if interval is None else interval)
         self.file = file
         self.n = self.initial = int(initial)
         self.epoch_times = [float(t) for t in epoch_times]
