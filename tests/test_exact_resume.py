@@ -331,3 +331,40 @@ def test_version_1_checkpoints_still_load_and_resume(tmp_path, straight):
     numpy.savez(tmp_path / "v3.npz", **arrays)
     with pytest.raises(ValueError, match="unsupported checkpoint version 3.*newer gpuconv"):
         load_checkpoint(tmp_path / "v3.npz")
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path, capsys):
+    """The first SIGINT asks for a stop at the next boundary; a second one before it raises
+    at once: TrainingInterrupted(reason 'hard'), no checkpoint written then (the last one,
+    from the end of epoch 1, stays), and the SIGINT handler is restored afterwards."""
+    import signal  # noqa: PLC0415
+
+    from gpuconv.training.interrupts import TrainingInterrupted  # noqa: PLC0415
+
+    ns: dict = {}
+    exec(SCRIPT, ns)  # noqa: S102
+    model, opt, sched, data, val, callbacks = ns["build"](0)
+
+    class TwoSignals:
+        def __init__(self, loader):
+            self.loader, self.calls = loader, 0
+
+        def __iter__(self):
+            self.calls += 1
+            for batch in self.loader:
+                if self.calls == 2:  # epoch 2's validation
+                    os.kill(os.getpid(), signal.SIGINT)
+                    os.kill(os.getpid(), signal.SIGINT)
+                yield batch
+
+    ckpt = tmp_path / "ckpt.npz"
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as caught:
+        model.fit(data, EPOCHS, opt, ns["SoftmaxCrossEntropy"](), val_data=TwoSignals(val),
+                  scheduler=sched, callbacks=callbacks, verbose=2, checkpoint_path=ckpt)
+    assert caught.value.reason == "hard" and not caught.value.saved
+    assert (caught.value.epoch, caught.value.phase) == (2, "validate")
+    saved = load_checkpoint(ckpt)
+    assert (saved.epoch, saved.step, saved.status) == (1, 0, "running")
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert "SIGINT: stopping after the current step" in capsys.readouterr().err

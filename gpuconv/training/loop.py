@@ -75,6 +75,7 @@ from ..amp import GradScaler, enable_mixed_precision, scaled_backward_step
 from .batches import ArrayBatches, bind_device, check_batch
 from .callbacks import Callback, CallbackList, History
 from .checkpointing import DEFAULT_CHECKPOINT_EVERY, CheckpointEvery, partial_state
+from .console import terminal_width, wrap_text
 from .interrupts import StopRequests, TrainingInterrupted
 from ..io.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from .modes import evaluating
@@ -413,8 +414,9 @@ class _Run:
         model = self.model
         model.stop_training = False
         model.history = self.history
-        notify = None if self.verbose == 0 else (lambda text: print(f"\n{text}", file=sys.stderr,
-                                                                    flush=True))
+        notify = None if self.verbose == 0 else (
+            lambda text: print("\n" + wrap_text(text, terminal_width(sys.stderr) - 1),
+                               file=sys.stderr, flush=True))
         self.stops = StopRequests(notify)
         with self.stops:
             try:
