@@ -13,6 +13,7 @@ import pytest
 import gpuconv
 from gpuconv.backend import to_numpy
 from gpuconv.io.checkpoint import load_checkpoint, save_checkpoint
+from gpuconv.training.interrupts import TrainingInterrupted
 from gpuconv.io.npzfile import read_npz
 
 import fakecupy
@@ -137,11 +138,16 @@ def test_keyboard_interrupt_saves_checkpoint_and_reraises(tmp_path):
 
     model, opt, sched, data, val, stopper = ns["build"](0)
     ckpt = tmp_path / "ckpt.npz"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted) as caught:
         model.fit(data, 3, opt, ns["SoftmaxCrossEntropy"](), val_data=val, scheduler=sched,
                   callbacks=[Interrupt()], verbose=0, checkpoint_path=ckpt)
+    assert isinstance(caught.value, KeyboardInterrupt)  # `except KeyboardInterrupt` still works
+    assert (caught.value.epoch, caught.value.step, caught.value.reason) == (2, 2, "callback")
+    assert caught.value.checkpoint == str(ckpt)
     saved = load_checkpoint(ckpt)
-    assert saved.epoch == 1 and saved.extra["interrupted"] == {"epoch": 2, "step": 2}
+    assert (saved.epoch, saved.step, saved.status) == (1, 2, "interrupted")
+    assert saved.partial["phase"] == "train" and saved.partial["stats"]["steps"] == 2
+    assert saved.describe() == "epoch 2, step 2 (1 epoch completed)"
     assert len(saved.history) == 1
     # the weights are those at the interruption (epoch 2, after step 2)
     on_disk = gpuconv.load_model(ckpt)
@@ -150,6 +156,10 @@ def test_keyboard_interrupt_saves_checkpoint_and_reraises(tmp_path):
     resumed = ns["build"](0)
     history = ns["train"](resumed, 3, resume_from=ckpt)
     assert [r["epoch"] for r in history.records] == [1, 2, 3]
+    straight = ns["build"](0)
+    ns["train"](straight, 3)
+    for key, value in weights(straight[0]).items():
+        numpy.testing.assert_array_equal(weights(resumed[0])[key], value, err_msg=key)
 
 
 def test_resume_on_another_device(tmp_path):

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from ..training.console import terminal_width, wrap_text
 from .harness import DEVICE_CHOICES, BenchConfig, run
 from .report import default_json_path, format_table, write_json, write_png
 from .workloads import all_workloads, select
@@ -106,25 +107,27 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         if args.list:
+            width = terminal_width(sys.stdout) - 1
             for w in select(all_workloads(config.tiny), config.workloads):
-                print(f"{w.name:32s} {w.description}")
+                print(wrap_text(f"{w.name:32s} {w.description}", width, " " * 33))
             return 0
         report = run(config)
     except (ValueError, RuntimeError, argparse.ArgumentTypeError) as exc:
         print(f"gpuconv bench: error: {exc}", file=sys.stderr)
         return 2
-    print(format_table(report["results"]))
+    width = terminal_width(sys.stdout) - 1  # every line fits the terminal (80 if none)
+    print(format_table(report["results"], width))
     for note in report["notes"]:
-        print(f"note: {note}")
+        print(wrap_text(f"note: {note}", width))
     json_path = write_json(args.json or default_json_path(), report)
-    print(f"results written to {json_path}")
+    print(wrap_text(f"results written to {json_path}", width))
     if args.png:
         problem = write_png(args.png, report)
-        print(f"note: {problem}" if problem else f"chart written to {args.png}")
+        print(wrap_text(f"note: {problem}" if problem else f"chart written to {args.png}", width))
     failed = [r for r in report["results"] if r["framework"] == "gpuconv" and r["error"]]
     for row in failed:
-        print(f"error: {row['backend']} {row['workload']} batch {row['batch']}: {row['error']}",
-              file=sys.stderr)
+        print(wrap_text(f"error: {row['backend']} {row['workload']} batch {row['batch']}: "
+                        f"{row['error']}", terminal_width(sys.stderr) - 1), file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 from ..backend import cuda_is_available, cuda_unavailable_reason, get_device, keep_freed_memory
+from ..training.console import terminal_width, wrap_text
 from .cases import Backend, Case, gpuconv_backend
 from .machine import machine_info
 from .peak import measure_sgemm_peak
@@ -233,7 +234,7 @@ def _backends(devices: Sequence[str], reference: Reference, dtype: str,
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(wrap_text(message, terminal_width(sys.stderr) - 1), file=sys.stderr, flush=True)
 
 
 def _measure_all(config: BenchConfig, workloads: Sequence[Workload], devices: Sequence[str],

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..io.atomic import atomic_write_text
+from ..training.console import wrap_text
 
-__all__ = ["COLUMNS", "format_table", "table_rows", "default_json_path", "write_json",
+__all__ = ["COLUMNS", "DROP_ORDER", "format_table", "table_rows", "default_json_path", "write_json",
            "write_png", "NA"]
 
 NA = "n/a"
@@ -60,15 +61,27 @@ def table_rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
     return [_cells(r) for r in results]
 
 
-def format_table(results: Sequence[dict[str, Any]]) -> str:
+# the columns left out first when the table is wider than the terminal (all stay in the JSON)
+DROP_ORDER = ("min-max ms", "peak MB", "% peak", "GFLOP/s", "vs torch", "images/s")
+
+
+def format_table(results: Sequence[dict[str, Any]], width: int | None = None) -> str:
     """Aligned plain-text table: text columns left-aligned, numbers right-aligned; a
-    blank line between workloads."""
+    blank line between workloads. With ``width``, columns are left out in
+    :data:`DROP_ORDER` until the table fits (a last line names them)."""
     rows = table_rows(results)
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(COLUMNS)]
+    keep = list(range(len(COLUMNS)))
+    dropped: list[str] = []
+    for name in DROP_ORDER:
+        if width is None or sum(widths[i] for i in keep) + 2 * (len(keep) - 1) <= width:
+            break
+        keep.remove(COLUMNS.index(name))
+        dropped.append(name)
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if h in _LEFT else c.rjust(w)
-                         for c, w, h in zip(cells, widths, COLUMNS)).rstrip()
+        return "  ".join(cells[i].ljust(widths[i]) if COLUMNS[i] in _LEFT
+                         else cells[i].rjust(widths[i]) for i in keep).rstrip()
 
     out = [line(COLUMNS), line(["-" * w for w in widths])]
     previous = None
@@ -77,6 +90,9 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             out.append("")
         previous = result["workload"]
         out.append(line(cells))
+    if dropped:
+        out.append(wrap_text(f"(left out to fit the terminal: {', '.join(dropped)}; all are "
+                             "in the JSON file)", width))
     return "\n".join(out)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..backend import Device
 from ..data.datasets import ArrayDataset
 from ..data.loader import DataLoader
 from ..models import load_model
+from ..training.console import terminal_width
 from . import run_dir as rd
 from .common import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CLIError, load_cifar10,
                      resolve_device)
@@ -122,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
                        f"Confusion matrix (test accuracy {report['accuracy']:.3f})")
     if args.json:
         print(json.dumps(report, indent=2))
-    else:
-        print(text, end="")
+    else:  # report.txt keeps 80 columns; the terminal gets its own width
+        print(format_report(report, f"Test set ({path})", width=terminal_width(sys.stdout) - 1),
+              end="")
     return 0

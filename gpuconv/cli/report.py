@@ -15,6 +15,7 @@ import numpy
 
 from ..backend import to_numpy
 from ..metrics import classification_report, confusion_matrix, precision_recall_f1
+from ..training.console import DEFAULT_WIDTH, wrap_text
 from ..training.modes import evaluating
 
 __all__ = ["collect_logits", "build_report", "format_confusion", "format_report",
@@ -75,28 +76,47 @@ def build_report(logits: numpy.ndarray, labels: numpy.ndarray,
     }
 
 
-def format_confusion(cm: Sequence[Sequence[int]], class_names: Sequence[str]) -> str:
-    """The confusion matrix as a text table (rows: true class, columns: predicted)."""
+def format_confusion(cm: Sequence[Sequence[int]], class_names: Sequence[str],
+                     width: int = DEFAULT_WIDTH) -> str:
+    """The confusion matrix as a text table (rows: true class, columns: predicted) of at
+    most ``width`` columns: column heads are the class names cut to the cell width, row
+    labels the full names where they fit (else cut the same way). When no layout fits
+    (many classes in a narrow terminal), a line pointing to report.json instead."""
     cm = numpy.asarray(cm, dtype=numpy.int64)
     names = [str(c) for c in class_names]
-    short = [n[:6] for n in names]
-    width = max(6, len(str(int(cm.max()))) if cm.size else 1)
-    label_w = max(len(n) for n in names)
-    head = " " * (label_w + 2) + " ".join(f"{s:>{width}}" for s in short)
-    lines = ["confusion matrix (rows: true class, columns: predicted class)", head]
-    for name, row in zip(names, cm):
-        lines.append(f"{name:>{label_w}}  " + " ".join(f"{int(v):>{width}}" for v in row))
-    return "\n".join(lines)
+    k = len(names)
+    digits = len(str(int(cm.max()))) if cm.size else 1
+    full = max((len(n) for n in names), default=1)
+    title = "confusion matrix (rows: true class, columns: predicted class)"
+    if len(title) > width:
+        title = "confusion matrix (rows: true, columns: predicted)"
+    layouts = [(cell, full) for cell in range(max(6, digits), max(4, digits) - 1, -1)]
+    layouts += [(cell, cell) for cell in range(max(6, digits), max(3, digits) - 1, -1)]
+    for cell, label_w in layouts:  # full row labels first, the widest cells first
+        short = [n[:cell] for n in names]
+        if len(set(short)) < k:  # cut names must stay distinct
+            continue
+        if label_w + 1 + k * (cell + 1) <= width:
+            labels = names if label_w == full else short
+            head = " " * (label_w + 1) + "".join(f" {s:>{cell}}" for s in short)
+            lines = [title, head.rstrip()]
+            for label, row in zip(labels, cm):
+                lines.append(f"{label:>{label_w}} " + "".join(f" {int(v):>{cell}}"
+                                                             for v in row))
+            return "\n".join(lines)
+    return (f"confusion matrix: {k} classes do not fit {width} columns; see "
+            "report.json or confusion.png")
 
 
-def format_report(report: dict, title: str = "Test set") -> str:
-    """Human-readable text of :func:`build_report`'s result."""
+def format_report(report: dict, title: str = "Test set", width: int = DEFAULT_WIDTH) -> str:
+    """Human-readable text of :func:`build_report`'s result, every line at most ``width``
+    columns (80 by default, as in report.txt)."""
     top_key = next((k for k in report if k.startswith("top") and k.endswith("_accuracy")), None)
-    lines = [f"{title}: {report['samples']} images",
+    lines = [wrap_text(f"{title}: {report['samples']} images", width),
              f"accuracy: {report['accuracy']:.4f}   loss: {report['loss']:.4f}"
              + (f"   {top_key.replace('_', ' ')}: {report[top_key]:.4f}" if top_key else ""),
              "", report["text"].rstrip(), "",
-             format_confusion(report["confusion_matrix"], report["classes"])]
+             format_confusion(report["confusion_matrix"], report["classes"], width)]
     return "\n".join(lines) + "\n"
 
 

@@ -6,11 +6,17 @@ A run folder holds::
     history.json     per-epoch logs (loss, accuracy, val_loss, val_accuracy, lr, time,
     history.csv      images_per_s), rewritten after every epoch
     model.npz        the best model so far (gpuconv.load_model)
-    checkpoint.npz   the training checkpoint (every epoch and on Ctrl-C; --resume)
+    checkpoint.npz   the training checkpoint (every epoch, every --checkpoint-every,
+                     on Ctrl-C/SIGTERM; --resume continues from it exactly)
     report.json      final test-set report (accuracy, loss, confusion matrix, per class)
     report.txt       the same as text
     curves.png       learning curves (when matplotlib is installed)
     confusion.png    confusion matrix plot (when matplotlib is installed)
+    summary.txt      the model's layer table
+
+``gpuconv train --overwrite`` deletes exactly these files (and temporary files
+an interrupted atomic write left behind) before starting a new run; anything
+else in the folder stays.
 """
 from __future__ import annotations
 
@@ -29,8 +35,9 @@ from ..backend import Device
 from ..io.atomic import atomic_write_text
 
 __all__ = ["CONFIG", "HISTORY_JSON", "HISTORY_CSV", "MODEL", "CHECKPOINT", "REPORT_JSON",
-           "REPORT_TXT", "CURVES_PNG", "CONFUSION_PNG", "default_run_dir", "machine_info",
-           "write_json", "read_config", "find_config"]
+           "REPORT_TXT", "CURVES_PNG", "CONFUSION_PNG", "SUMMARY_TXT", "RUN_FILES",
+           "default_run_dir", "machine_info", "write_json", "read_config", "find_config",
+           "remove_run_files"]
 
 CONFIG = "config.json"
 HISTORY_JSON = "history.json"
@@ -41,6 +48,10 @@ REPORT_JSON = "report.json"
 REPORT_TXT = "report.txt"
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion.png"
+SUMMARY_TXT = "summary.txt"
+RUN_FILES = (CONFIG, HISTORY_JSON, HISTORY_CSV, MODEL, CHECKPOINT, REPORT_JSON, REPORT_TXT,
+             CURVES_PNG, CONFUSION_PNG, SUMMARY_TXT)
+"""Every file ``gpuconv train`` writes into a run folder."""
 
 
 def default_run_dir(model: str, base: "str | os.PathLike" = "runs") -> Path:
@@ -111,6 +122,21 @@ def read_config(run_dir: "str | os.PathLike") -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return config
+
+
+def remove_run_files(run_dir: "str | os.PathLike") -> list[str]:
+    """Delete the :data:`RUN_FILES` of a run folder and the ``.<name>.*.tmp`` files an
+    interrupted atomic write of one of them left; returns the names deleted."""
+    folder = Path(run_dir)
+    removed = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+        name = path.name
+        leftover = name.startswith(".") and name.endswith(".tmp") and any(
+            name.startswith(f".{known}.") for known in RUN_FILES)
+        if path.is_file() and (name in RUN_FILES or leftover):
+            path.unlink()
+            removed.append(name)
+    return removed
 
 
 def find_config(model_path: "str | os.PathLike") -> dict | None:

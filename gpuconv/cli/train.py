@@ -8,13 +8,23 @@ and early stopping on the validation accuracy (patience 10, best weights
 restored), for up to 30 epochs. ``--amp`` trains in float16 mixed precision
 (float32 master weights, dynamic loss scaling; CUDA only, see
 :data:`AMP_CPU_MESSAGE`). See :mod:`gpuconv.cli.run_dir` for the files
-of the run folder. ``--resume RUN_DIR`` continues an interrupted run.
+of the run folder. ``--resume RUN_DIR`` continues an interrupted run exactly
+where it stopped (the next batch; on the CPU bit-identical to an
+uninterrupted run): Ctrl-C and SIGTERM stop at the next step boundary and
+save a checkpoint there, and one is written every ``--checkpoint-every``
+(10 minutes by default) so a SIGKILL or a power cut loses at most that much.
+Resuming a finished run says so and does nothing; a run that failed (NaN
+loss) or saved no checkpoint can be resumed from its last good checkpoint or
+started over with ``--overwrite``. Every line printed fits the terminal
+(80 columns when not writing to one).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import datetime as _dt
+import json
+import shlex
 import signal
 import sys
 import threading
@@ -27,7 +37,11 @@ from ..backend import Device, seed as seed_all
 from ..data.datasets import ArrayDataset
 from ..data.loader import DataLoader
 from .. import losses
+from ..io.checkpoint import Checkpoint, load_checkpoint
 from ..training.callbacks import Callback, EarlyStopping, HistoryLogger, ModelCheckpoint
+from ..training.checkpointing import DEFAULT_CHECKPOINT_EVERY, CheckpointEvery
+from ..training.console import terminal_width, wrap_text
+from ..training.interrupts import TrainingInterrupted, forward_to_sigint
 from ..optim import SGD, Adam, AdamW, RMSprop
 from ..optim import lr_scheduler as sched
 from ..models import load_model
@@ -35,7 +49,8 @@ from ..training.summary import count_parameters
 from . import run_dir as rd
 from .common import (AUGMENT_CHOICES, CIFAR10_MEAN, CIFAR10_STD, CLIError, build_augment,
                      eprint, load_cifar10, resolve_device, split_indices)
-from ..models.presets import DEFAULT_PRESET, INPUT_SHAPE, PRESETS, build_preset
+from ..models.presets import (DEFAULT_PRESET, INPUT_SHAPE, PRESET_HELP, PRESET_HELP_NOTE, PRESETS,
+                              build_preset)
 from .report import build_report, collect_logits, format_report, write_plots
 
 __all__ = ["add_parser", "run", "DEFAULTS", "RESUME_OVERRIDABLE"]
@@ -70,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "amp": False,
     "eval_batch_size": 256,
+    "checkpoint_every": DEFAULT_CHECKPOINT_EVERY,
 }
 
 #: Why ``--amp`` is refused on the CPU (measured on this project's 2-core Xeon VM,
@@ -81,7 +97,8 @@ AMP_CPU_MESSAGE = (
     "~300x slower than float32 on the CPU). Use --device cuda, or drop --amp.")
 
 #: Settings a ``--resume`` may change (everything else comes from the run's config.json).
-RESUME_OVERRIDABLE = ("epochs", "data_dir", "download", "device", "eval_batch_size")
+RESUME_OVERRIDABLE = ("epochs", "data_dir", "download", "device", "eval_batch_size",
+                      "checkpoint_every")
 
 
 def _positive_int(text: str) -> int:
@@ -108,17 +125,56 @@ def _val_split(text: str) -> float:
     return int(value) if value >= 1 else value
 
 
+def _checkpoint_every(text: str) -> str:
+    try:
+        return str(CheckpointEvery.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("checkpoint_every: ", "")) from None
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that the epilog keeps its lines (one per preset):
+    each is wrapped on its own, continuations indented under its text."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" not in text:
+            return super()._fill_text(text, width, indent)
+        out = []
+        for line in text.splitlines():
+            body = line.lstrip()
+            lead = len(line) - len(body)
+            gap = body.find("  ")  # "name  text": continuations start under the text
+            hang = lead + (len(body) - len(body[gap:].lstrip()) if gap > 0 else 2)
+            out.append(wrap_text(indent + line, width, " " * (hang - lead)))
+        return "\n".join(out)
+
+
+def presets_help() -> str:
+    """The ``--help`` epilog: one line per preset (from ``PRESET_HELP``)."""
+    names = sorted(PRESETS)
+    column = max(len(n) for n in names) + 2
+    lines = ["model presets (--model):"]
+    for name in names:
+        text = PRESET_HELP.get(name, "no description")
+        lines.append(f"  {name:<{column}}{text}")
+    lines.append(f"  ({PRESET_HELP_NOTE})")
+    return "\n".join(lines)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``train`` subcommand on an argparse subparsers object."""
     p = subparsers.add_parser(
         "train", help="train a CNN on CIFAR-10 into a run folder",
         description="Train a preset CNN on CIFAR-10. Writes config.json, history.json/.csv, "
                     "model.npz (best), checkpoint.npz (resume), report.json/.txt and plots "
-                    "into the run folder.")
+                    "into the run folder.",
+        epilog=presets_help(), formatter_class=_HelpFormatter)
     d = DEFAULTS
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", choices=sorted(PRESETS), default=None,
-                   help=f"model preset (default {d['model']})")
+    # metavars instead of {choice,...} lists keep the usage lines inside 60 columns
+    g.add_argument("--model", choices=sorted(PRESETS), default=None, metavar="PRESET",
+                   help=f"model preset: {', '.join(sorted(PRESETS))} (default {d['model']}; "
+                        "see the list below)")
     g.add_argument("--data-dir", default=None,
                    help="CIFAR-10 root (holding cifar-10-batches-py/ or -bin/); default "
                         "$GPUCONV_DATA, else ~/.cache/gpuconv")
@@ -139,8 +195,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"maximum number of epochs (default {d['epochs']})")
     g.add_argument("--batch-size", type=_positive_int, default=None,
                    help=f"training batch size (default {d['batch_size']})")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                   help=f"optimizer (default {d['optimizer']})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None, metavar="NAME",
+                   help=f"optimizer: {', '.join(OPTIMIZERS)} (default {d['optimizer']})")
     g.add_argument("--lr", type=_non_negative_float, default=None,
                    help=f"learning rate (peak lr for onecycle; default {d['lr']})")
     g.add_argument("--weight-decay", type=_non_negative_float, default=None,
@@ -149,11 +205,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="momentum for sgd (default 0.9) and rmsprop (default 0)")
     g.add_argument("--label-smoothing", type=_non_negative_float, default=None,
                    help=f"label smoothing of the cross-entropy (default {d['label_smoothing']})")
-    g.add_argument("--schedule", choices=SCHEDULES, default=None,
+    g.add_argument("--schedule", choices=SCHEDULES, default=None, metavar="NAME",
                    help="lr schedule: plateau = ReduceLROnPlateau(factor 0.5, patience 3, "
                         "min_lr 1e-6) on val_loss; cosine = cosine annealing over the epochs; "
-                        "onecycle = one-cycle per batch; step = StepLR(--step-size, --gamma) "
-                        f"(default {d['schedule']})")
+                        "onecycle = one-cycle per batch; step = StepLR(--step-size, --gamma); "
+                        f"none (default {d['schedule']})")
     g.add_argument("--step-size", type=_positive_int, default=None,
                    help=f"epochs per lr step for --schedule step (default {d['step_size']})")
     g.add_argument("--gamma", type=_non_negative_float, default=None,
@@ -161,9 +217,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--patience", type=int, default=None,
                    help="early stopping: epochs without improvement of --monitor before "
                         f"stopping (best weights restored); 0 disables (default {d['patience']})")
-    g.add_argument("--monitor", choices=MONITORS, default=None,
-                   help="metric for early stopping and the best model "
-                        f"(default {d['monitor']})")
+    g.add_argument("--monitor", choices=MONITORS, default=None, metavar="METRIC",
+                   help=f"metric for early stopping and the best model: "
+                        f"{' or '.join(MONITORS)} (default {d['monitor']})")
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None,
                    help="auto, cpu, cuda or cuda:N (default auto: CUDA when available)")
@@ -180,9 +236,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--out", default=None,
                    help="run folder (default runs/<timestamp>-<model>)")
     g.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue the run in RUN_DIR from its checkpoint, with its settings "
+                   help="continue the run in RUN_DIR from its checkpoint (with the next "
+                        "batch), with its settings "
                         f"(only {', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)}"
                         " may be changed)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out folder that holds one, deleting that "
+                        "run's files first (nothing else in the folder)")
+    g.add_argument("--checkpoint-every", type=_checkpoint_every, default=None,
+                   metavar="PERIOD",
+                   help="also write the checkpoint every PERIOD of training inside an epoch: "
+                        "e.g. 10min, 90s, 2h, 500steps, or off "
+                        f"(default {d['checkpoint_every']}; always after each epoch and on "
+                        "Ctrl-C/SIGTERM)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress output; only the final summary")
     p.set_defaults(func=run)
@@ -203,10 +269,11 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path, di
         if settings["data_dir"] is not None:
             settings["data_dir"] = str(Path(settings["data_dir"]).expanduser().resolve())
         out = Path(args.out) if args.out else rd.default_run_dir(settings["model"])
-        if (out / rd.CONFIG).exists():
-            raise CLIError(f"{out} already holds a run (config.json exists); continue it with "
-                           f"`gpuconv train --resume {out}` or choose another --out")
+        if (out / rd.CONFIG).exists() and not getattr(args, "overwrite", False):
+            raise CLIError(_occupied(out))
         return settings, out, None
+    if getattr(args, "overwrite", False):
+        raise CLIError("--overwrite starts a new run; it cannot be combined with --resume")
     out = Path(args.resume)
     if args.out and Path(args.out).resolve() != out.resolve():
         raise CLIError("--resume continues the run in its own folder; do not combine it with "
@@ -218,8 +285,10 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path, di
     except ValueError as exc:
         raise CLIError(f"--resume {out}: {exc}") from None
     if not (out / rd.CHECKPOINT).is_file():
-        raise CLIError(f"--resume {out}: no {rd.CHECKPOINT} there (the run saved no checkpoint "
-                       "yet); start a new run instead")
+        raise CLIError(_message(
+            f"--resume {out}: no {rd.CHECKPOINT} there: the run stopped or failed before "
+            "its first checkpoint. Start it over in the same folder (its files are deleted) "
+            "with:", _Command(_restart_command(out, previous))))
     settings = {**DEFAULTS, **previous.get("settings", {})}
     changed = sorted(k for k, v in given.items() if k not in RESUME_OVERRIDABLE
                      and v != settings.get(k))
@@ -228,6 +297,88 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path, di
                        f"be changed: {', '.join('--' + k.replace('_', '-') for k in changed)}")
     settings.update({k: v for k, v in given.items() if k in RESUME_OVERRIDABLE})
     return settings, out, previous
+
+
+# ---- messages (each line fits the terminal; commands stay whole on lines of their own) ----
+class _Command(str):
+    """A command line in a message: printed on its own line, indented, never broken."""
+
+
+def _message(*parts: str, width: int | None = None, first_indent: int = 0) -> str:
+    """Prose parts wrapped to the terminal width (stderr's), :class:`_Command` parts on
+    their own lines. ``first_indent``: columns a prefix will take on the first line
+    (``gpuconv train: error: ``)."""
+    width = width or terminal_width(sys.stderr)
+    lines: list[str] = []
+    for part in parts:
+        if isinstance(part, _Command):
+            lines.append(f"    {part}")
+            continue
+        pad = "\0" * first_indent if not lines else ""
+        lines += wrap_text(pad + part, width - 1).replace("\0", "").splitlines()
+    return "\n".join(lines)
+
+
+def _error(*parts: str) -> str:
+    """A CLIError message: the top-level printer puts ``gpuconv train: error: `` first."""
+    return _message(*parts, first_indent=len("gpuconv train: error: "))
+
+
+def _restart_command(out: Path, config: dict | None) -> str:
+    """The run's own command line with ``--overwrite`` (and its ``--out``)."""
+    command = list((config or {}).get("command") or ["gpuconv", "train"])
+    command = [str(c) for c in command if c not in ("--overwrite",)]
+    if "--out" not in command and not any(c.startswith("--out=") for c in command):
+        command += ["--out", str(out)]
+    return shlex.join(command + ["--overwrite"])
+
+
+def _read_checkpoint(path: Path) -> Checkpoint | None:
+    try:
+        return load_checkpoint(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _finished(out: Path, settings: dict) -> str | None:
+    """Why the run in ``out`` has nothing left to do (None when it has): its checkpoint
+    ended the run (the last epoch, or early stopping) and its final report exists."""
+    ckpt = _read_checkpoint(out / rd.CHECKPOINT)
+    if ckpt is None or not (out / rd.REPORT_JSON).is_file():
+        return None
+    stopped = ckpt.status == "stopped"
+    if not stopped and (ckpt.partial is not None or ckpt.status == "interrupted"
+                        or ckpt.epoch < settings["epochs"]):
+        return None
+    try:
+        accuracy = float(json.loads((out / rd.REPORT_JSON).read_text())["accuracy"])
+        result = f"test accuracy {accuracy:.4f}"
+    except (OSError, ValueError, KeyError, TypeError):
+        result = "its report"
+    how = "early stopping ended it" if stopped else "all epochs done"
+    text = (f"The run in {out} is finished: {ckpt.epoch} epoch(s), {how}; {result} (see "
+            f"{out / rd.REPORT_TXT}). Nothing to do.")
+    width = terminal_width(sys.stdout)
+    if stopped:
+        return _message(text, width=width)
+    return _message(text + " To train it for more epochs:",
+                    _Command(f"gpuconv train --resume {out} --epochs {ckpt.epoch + 10}"),
+                    width=width)
+
+
+def _occupied(out: Path) -> str:
+    """Why a new run cannot go into ``out``, and the ways on."""
+    ckpt = _read_checkpoint(out / rd.CHECKPOINT)
+    if ckpt is None:
+        return _error(f"{out} already holds a run, which saved no checkpoint (it stopped or "
+                      "failed before its first one). Start it over there with --overwrite "
+                      "(its files are deleted), or choose another --out.")
+    state = "a finished run" if ckpt.status in ("finished", "stopped") else \
+        f"a run ({ckpt.describe()})"
+    return _error(f"{out} already holds {state}. Continue it with:",
+                  _Command(f"gpuconv train --resume {out}"),
+                  "or start it over there with --overwrite (its files are deleted), or "
+                  "choose another --out.")
 
 
 # ---- building blocks --------------------------------------------------------------------
@@ -318,10 +469,9 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
         return
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    # whatever SIGINT does: a stop at the next step boundary inside fit, else
+    # KeyboardInterrupt (see gpuconv.training.interrupts)
+    previous = signal.signal(signal.SIGTERM, forward_to_sigint)
     try:
         yield
     finally:
@@ -333,6 +483,11 @@ def run(args: argparse.Namespace) -> int:
     """Run ``gpuconv train``; returns the exit code."""
     settings, out, previous = resolve_settings(args)
     quiet = bool(args.quiet)
+    if previous is not None:
+        finished = _finished(out, settings)
+        if finished is not None:  # no second test evaluation, no new config entry
+            print(finished)
+            return 0
     device = resolve_device(settings["device"])
     if settings["amp"]:
         if device.kind == "cpu":
@@ -352,6 +507,11 @@ def run(args: argparse.Namespace) -> int:
     scheduler = build_scheduler(settings, optimizer, len(train_loader))
     loss = losses.SoftmaxCrossEntropy(label_smoothing=settings["label_smoothing"])
 
+    if previous is None and getattr(args, "overwrite", False) and (out / rd.CONFIG).exists():
+        removed = rd.remove_run_files(out)  # only now: data and settings were fine
+        if not quiet:
+            eprint(_message(f"--overwrite: deleted the previous run's files in {out}: "
+                            f"{', '.join(removed)}"))
     out.mkdir(parents=True, exist_ok=True)
     trainable, buffers = count_parameters(model)
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -371,7 +531,7 @@ def run(args: argparse.Namespace) -> int:
              "machine": rd.machine_info(device), "gpuconv_version": __version__})
     rd.write_json(out / rd.CONFIG, config)
     if previous is None:
-        rd.write_text(out / "summary.txt", model.summary(INPUT_SHAPE, print_fn=None) + "\n")
+        rd.write_text(out / rd.SUMMARY_TXT, model.summary(INPUT_SHAPE, print_fn=None) + "\n")
 
     monitor = settings["monitor"] if val_loader is not None else settings["monitor"][4:]
     callbacks: list[Callback] = [
@@ -382,26 +542,33 @@ def run(args: argparse.Namespace) -> int:
         callbacks.append(EarlyStopping(monitor=monitor, patience=int(settings["patience"]),
                                        restore_best_weights=True))
     verbose = _verbosity(quiet)
-    if not quiet:
-        eprint(f"gpuconv {__version__}: training {settings['model']} ({trainable:,} parameters) "
-               f"on {device} [{settings['dtype']}{', amp float16' if settings['amp'] else ''}]; {len(data.train)} train / "
-               f"{0 if data.val is None else len(data.val)} val / {len(data.test)} test images "
-               f"from {data.root}")
-        eprint(f"run folder: {out}" + (" (resumed)" if previous is not None else ""))
     checkpoint = out / rd.CHECKPOINT
+    if not quiet:
+        amp = ", amp float16" if settings["amp"] else ""
+        val = 0 if data.val is None else len(data.val)
+        resumed = ""
+        if previous is not None:
+            ckpt = _read_checkpoint(checkpoint)
+            resumed = f" (resumed at {ckpt.describe()})" if ckpt is not None else " (resumed)"
+        eprint(_message(
+            f"gpuconv {__version__}: training {settings['model']} ({trainable:,} parameters) "
+            f"on {device} [{settings['dtype']}{amp}]; {len(data.train)} train / {val} val / "
+            f"{len(data.test)} test images from {data.root}",
+            f"run folder: {out}{resumed}"))
     start = time.perf_counter()
     try:
         with _sigterm_interrupts():
             history = model.fit(train_loader, settings["epochs"], optimizer, loss,
                                 val_data=val_loader, callbacks=callbacks, scheduler=scheduler,
                                 verbose=verbose, checkpoint_path=checkpoint,
+                                checkpoint_every=settings["checkpoint_every"],
                                 amp=bool(settings["amp"]),
                                 resume_from=checkpoint if previous is not None else None)
-    except KeyboardInterrupt:
-        eprint(f"\nInterrupted. Checkpoint saved to {checkpoint} "
-               f"({len(getattr(model.history, 'records', []) or [])} epoch(s) completed).\n"
-               f"Resume with: gpuconv train --resume {out}")
+    except TrainingInterrupted as exc:
+        eprint(_interrupted_message(exc, out, len(train_loader)))
         return 130
+    except FloatingPointError as exc:
+        raise CLIError(_failed_message(exc, out, config), code=1) from None
     train_time = time.perf_counter() - start
 
     # Final report with the best model (model.npz: best value of the monitored metric).
@@ -427,10 +594,51 @@ def run(args: argparse.Namespace) -> int:
     text = format_report(report, f"Test set ({settings['model']}, {out / rd.MODEL})")
     rd.write_text(out / rd.REPORT_TXT, text)
     plots = write_plots(out, rows, report, rd.CURVES_PNG, rd.CONFUSION_PNG)
+    width = terminal_width(sys.stdout)
     if not quiet:
-        print(text)
+        print(format_report(report, f"Test set ({settings['model']}, {out / rd.MODEL})",
+                            width=width - 1))
     best_txt = "" if best is None else f", best epoch {best['epoch']} ({key} {best[key]:.4f})"
-    print(f"test accuracy {report['accuracy']:.4f} on {report['samples']} images after "
-          f"{len(rows)} epoch(s){best_txt}; run folder: {out}"
-          + ("" if plots else " (no plots: matplotlib is not installed)"))
+    print(wrap_text(f"test accuracy {report['accuracy']:.4f} on {report['samples']} images "
+                    f"after {len(rows)} epoch(s){best_txt}; run folder: {out}"
+                    + ("" if plots else " (no plots: matplotlib is not installed)"), width - 1))
     return 0
+
+
+def _interrupted_message(exc: TrainingInterrupted, out: Path, steps: int) -> str:
+    """What was saved (or not) when training stopped on a signal, and how to go on."""
+    if exc.phase == "validate":
+        where = f"epoch {exc.epoch} (during validation)"
+    elif exc.phase == "epoch end":
+        where = f"the end of epoch {exc.epoch}"
+    else:
+        where = f"epoch {exc.epoch}, step {exc.step}/{steps}"
+    if exc.saved:
+        return "\n" + _message(f"Interrupted ({exc.reason}) at {where}; checkpoint saved to "
+                               f"{exc.checkpoint}. Resume with:",
+                               _Command(f"gpuconv train --resume {out}"))
+    ckpt = _read_checkpoint(out / rd.CHECKPOINT)
+    if ckpt is None:
+        return "\n" + _message(f"Stopped at once at {where}, before any checkpoint. Start "
+                               f"the run over with --overwrite, e.g.:",
+                               _Command(_restart_command(out, rd.find_config(out))))
+    return "\n" + _message(f"Stopped at once at {where} (a second interrupt): nothing saved "
+                           f"now; the latest checkpoint is from {ckpt.describe()}. Resume "
+                           "from it with:", _Command(f"gpuconv train --resume {out}"))
+
+
+def _failed_message(exc: FloatingPointError, out: Path, config: dict) -> str:
+    """A failed run (NaN/Inf loss or weights): its last good checkpoint and the ways on."""
+    ckpt = _read_checkpoint(out / rd.CHECKPOINT)
+    parts: list[str] = [f"training failed: {exc}"]
+    if ckpt is not None:
+        parts += [f"The run folder keeps its last good checkpoint ({ckpt.describe()}). "
+                  "Resume from it with:", _Command(f"gpuconv train --resume {out}"),
+                  "(with the same settings the CPU repeats the same steps, so this helps "
+                  "when the cause was transient), or start the run over with other settings, "
+                  "e.g. a lower --lr (the run's files are deleted):"]
+    else:
+        parts += ["No checkpoint was written before the failure. Start the run over with "
+                  "other settings, e.g. a lower --lr (the run's files are deleted):"]
+    parts.append(_Command(_restart_command(out, config)))
+    return _error(*parts)

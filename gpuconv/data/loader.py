@@ -199,6 +199,7 @@ class DataLoader:
         self.augment = augment
         self.prefetch = 2 if prefetch is True else int(prefetch or 0)
         self.epoch = 0
+        self._skip = 0  # batches the next iteration leaves out (skip_batches)
 
     # -- bookkeeping -------------------------------------------------------------
     @property
@@ -214,6 +215,14 @@ class DataLoader:
         if epoch < 0:
             raise ValueError(f"DataLoader: epoch must be >= 0, got {epoch}")
         self.epoch = int(epoch)
+
+    def skip_batches(self, n: int) -> None:
+        """Make the next ``iter(loader)`` start at batch ``n + 1`` of its epoch: the
+        first ``n`` batches are neither gathered nor augmented (``fit`` resuming in
+        the middle of an epoch). Applies to one iteration only."""
+        if isinstance(n, bool) or not isinstance(n, (int, numpy.integer)) or n < 0:
+            raise ValueError(f"DataLoader: skip_batches needs an int >= 0, got {n!r}")
+        self._skip = int(n)
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "seed": self.seed}
@@ -238,7 +247,8 @@ class DataLoader:
     def __iter__(self) -> Iterator[tuple[Array, Array]]:
         epoch = self.epoch
         self.epoch += 1
-        return self._iterate(self._jobs(self.order(epoch)))
+        skip, self._skip = getattr(self, "_skip", 0), 0  # see skip_batches
+        return self._iterate(self._jobs(self.order(epoch))[skip:])
 
     def _iterate(self, jobs: list) -> Iterator[tuple[Array, Array]]:
         fetch = _Gather(self.images, self.labels)

@@ -7,13 +7,29 @@ fsync, ``os.replace``), with no pickles:
   as :func:`gpuconv.io.spec.save_model` writes it (so
   ``load_model`` can also read a checkpoint's model);
 - ``"checkpoint"``: JSON (1-D uint8) with ``format``, ``version``, ``epoch``
-  (number of completed epochs), ``lr`` (``optimizer.lr``: the first parameter
-  group's), the optimizer's and scheduler's ``state_dict()`` (with every
-  parameter group's settings and lr, see :mod:`gpuconv.optim.base`; optimizer
-  states written before parameter groups existed still load), the RNG states
+  (number of completed epochs), ``step`` (optimisation steps done in epoch
+  ``epoch + 1``; 0 at an epoch boundary), ``partial`` (the record of that
+  partial epoch, see :func:`gpuconv.training.checkpointing.partial_state`,
+  or null), ``status``, ``lr``, the optimizer's and scheduler's
+  ``state_dict()`` (with every parameter group's settings and lr, see
+  :mod:`gpuconv.optim.base`; optimizer states written before parameter groups
+  existed still load), ``frozen`` (the names of the parameters that do not
+  train, ``requires_grad`` False), the RNG states
   (``gpuconv.backend.get_state()``), the history records and ``extra``
-  (loader/callback state, interruption info);
-  arrays inside those trees are stored as ``"state/<i>"`` entries.
+  (loader state, the callbacks' ``state_dict()``s, grad scaler, interruption
+  info); arrays inside those trees are stored as ``"state/<i>"`` entries.
+
+``status``: ``"running"`` (written during training: after an epoch, or a
+periodic mid-epoch one), ``"interrupted"`` (a stop request: Ctrl-C, SIGTERM,
+a callback), ``"finished"`` (``fit`` trained its last epoch) or ``"stopped"``
+(``fit`` ended early because ``model.stop_training`` was set, e.g. by early
+stopping; resuming trains nothing more).
+
+Versions: 2 (this one) added ``step``, ``partial`` and ``status``. Version 1
+files still load: they read as ``step`` 0, no partial epoch, status
+``"running"`` (``"interrupted"`` when their ``extra`` says so). A version-1
+file written on Ctrl-C inside an epoch holds mid-epoch weights but no
+position; resuming it replays that epoch from its first batch, as before.
 
 Note: ``gpuconv.backend.get_state()`` snapshots the host and CPU generators;
 CuPy generator states are not part of it. Instead ``fit`` restarts the device
@@ -37,11 +53,14 @@ from .npzfile import atomic_savez, json_array, pack_tree, read_json, read_npz, u
 from .spec import (ARCHITECTURE_KEY, CHECKPOINT_KEY, check_model_arrays, model_arrays,
                             model_spec)
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "Checkpoint", "save_checkpoint",
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "READABLE_VERSIONS", "STATUSES",
+           "Checkpoint", "save_checkpoint",
            "load_checkpoint", "restore_model"]
 
 CHECKPOINT_FORMAT = "gpuconv-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+STATUSES = ("running", "interrupted", "finished", "stopped")
 META_KEY = CHECKPOINT_KEY
 STATE_PREFIX = "state/"
 
@@ -49,7 +68,9 @@ STATE_PREFIX = "state/"
 @dataclass
 class Checkpoint:
     """A loaded checkpoint (all arrays on the host). ``arrays`` holds the raw
-    entries (model arrays included); ``epoch`` is the number of completed epochs."""
+    entries (model arrays included); ``epoch`` is the number of completed epochs,
+    ``step`` the steps done in the next one, ``partial`` its record (or None),
+    ``status`` one of :data:`STATUSES`, ``version`` the file's format version."""
 
     path: str
     epoch: int
@@ -61,6 +82,23 @@ class Checkpoint:
     extra: dict
     frozen: list[str]
     arrays: dict[str, numpy.ndarray] = field(repr=False)
+    step: int = 0
+    partial: dict | None = None
+    status: str = "running"
+    version: int = CHECKPOINT_VERSION
+
+    @property
+    def mid_epoch(self) -> bool:
+        """True when the checkpoint was written inside epoch ``epoch + 1``."""
+        return self.partial is not None
+
+    def describe(self) -> str:
+        """Where training stands, e.g. ``"epoch 3, step 17 (2 epochs completed)"``."""
+        done = f"{self.epoch} epoch{'s' if self.epoch != 1 else ''} completed"
+        if self.partial is None:
+            return done
+        where = "validation" if self.partial.get("phase") == "validate" else f"step {self.step}"
+        return f"epoch {self.epoch + 1}, {where} ({done})"
 
     @property
     def architecture(self) -> dict:
@@ -69,16 +107,25 @@ class Checkpoint:
 
 def save_checkpoint(path: "str | os.PathLike", model: Layer, optimizer: Any = None,
                     scheduler: Any = None, epoch: int = 0, history: Any = None,
-                    extra: dict | None = None) -> None:
+                    extra: dict | None = None, *, partial: dict | None = None,
+                    status: str = "running") -> None:
     """Write a training checkpoint to ``path`` atomically (``path`` used as given).
 
     ``epoch``: number of completed epochs (training resumes at ``epoch + 1``).
+    ``partial``: the record of epoch ``epoch + 1`` when written inside it
+    (:func:`gpuconv.training.checkpointing.partial_state`; its ``step`` becomes
+    the checkpoint's ``step``), else None. ``status``: see the module doc.
     ``optimizer``/``scheduler``: objects with ``state_dict()`` (or None).
     ``history``: a :class:`~gpuconv.training.callbacks.History`, a list of
     per-epoch dicts, or None. ``extra``: a dict of JSON-able values and
     arrays (e.g. ``{"loader": loader.state_dict()}``). RNG states are taken
     from ``gpuconv.backend.get_state()`` at the time of the call.
     """
+    if status not in STATUSES:
+        raise ValueError(f"save_checkpoint: status must be one of {STATUSES}, got {status!r}")
+    if partial is not None and int(partial.get("epoch", epoch + 1)) != int(epoch) + 1:
+        raise ValueError(f"save_checkpoint: partial epoch {partial.get('epoch')} does not "
+                         f"follow the {epoch} completed")
     arrays = model_arrays(model)
     arrays[ARCHITECTURE_KEY] = json_array(model_spec(model))
     records = getattr(history, "records", history) or []
@@ -87,6 +134,10 @@ def save_checkpoint(path: "str | os.PathLike", model: Layer, optimizer: Any = No
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "epoch": int(epoch),
+        "step": 0 if partial is None else int(partial["step"]),
+        "partial": pack_tree(None if partial is None else dict(partial), STATE_PREFIX,
+                             state_arrays, "partial"),
+        "status": status,
         "frozen": model.frozen_names(),
         "lr": None if optimizer is None or getattr(optimizer, "lr", None) is None
         else float(optimizer.lr),
@@ -116,8 +167,11 @@ def load_checkpoint(path: "str | os.PathLike") -> Checkpoint:
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a gpuconv training checkpoint (format "
                          f"{meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: unsupported checkpoint version {meta.get('version')!r}")
+    version = meta.get("version")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: unsupported checkpoint version {version!r} (this gpuconv "
+                         f"reads versions {', '.join(map(str, READABLE_VERSIONS))}; the file "
+                         "may come from a newer gpuconv)")
     allowed = {ARCHITECTURE_KEY, META_KEY}
     extra_keys = sorted(k for k in arrays if k not in allowed
                         and not k.startswith(("param/", "buffer/", STATE_PREFIX)))
@@ -133,11 +187,26 @@ def load_checkpoint(path: "str | os.PathLike") -> Checkpoint:
     def unpack(key: str) -> Any:
         return unpack_tree(meta.get(key), arrays, None, f"{path}: {key}")
 
+    extra = unpack("extra") or {}
+    if version == 1:  # no position: an end-of-epoch state (see the module doc)
+        step, partial = 0, None
+        status = "interrupted" if extra.get("interrupted") else "running"
+    else:
+        step, partial, status = meta.get("step"), unpack("partial"), meta.get("status")
+        if status not in STATUSES:
+            raise ValueError(f"{path}: invalid status {status!r}")
+        if not isinstance(step, int) or step < 0 or (partial is None and step != 0):
+            raise ValueError(f"{path}: invalid step {step!r}")
+        if partial is not None and (not isinstance(partial, dict)
+                                    or partial.get("epoch") != meta["epoch"] + 1
+                                    or partial.get("step") != step):
+            raise ValueError(f"{path}: the partial epoch {partial!r} does not match epoch "
+                             f"{meta['epoch']} + step {step}")
     return Checkpoint(path=path, epoch=meta["epoch"], lr=meta.get("lr"),
                       optimizer_state=unpack("optimizer"), scheduler_state=unpack("scheduler"),
                       rng_state=unpack("rng"), history=unpack("history") or [],
-                      extra=unpack("extra") or {}, frozen=list(frozen),
-                      arrays=arrays)
+                      extra=extra, frozen=list(frozen), arrays=arrays, step=step,
+                      partial=partial, status=status, version=version)
 
 
 def restore_model(checkpoint: Checkpoint, model: Layer) -> None:

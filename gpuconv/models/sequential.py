@@ -36,7 +36,8 @@ class Sequential(_Sequential):
             scheduler: Any = None, verbose: int = 1,
             resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
             checkpoint_path: "str | os.PathLike | None" = None, amp: bool = False,
-            grad_scaler: Any = None, max_steps: int | None = None) -> History:
+            grad_scaler: Any = None, max_steps: int | None = None,
+            checkpoint_every: Any = loop.DEFAULT_CHECKPOINT_EVERY) -> History:
         """Train for up to ``epochs`` epochs (1-based, counting resumed ones).
 
         - ``train_data``/``val_data``: re-iterable objects yielding ``(x, y)``
@@ -60,11 +61,20 @@ class Sequential(_Sequential):
           detected at the next sync point) or 'skip' (skip the update of
           batches with a non-finite loss; syncs every step). See
           :mod:`gpuconv.training.loop`.
-        - ``checkpoint_path``: write a training checkpoint there after every
-          epoch and on KeyboardInterrupt (then re-raised).
+        - ``checkpoint_path``: write a training checkpoint there (atomically)
+          after every epoch, every ``checkpoint_every`` and on a stop request.
+          Ctrl-C is one: the current step is finished, the checkpoint of that
+          position written and :class:`~gpuconv.training.interrupts.TrainingInterrupted`
+          (a KeyboardInterrupt) raised; a second Ctrl-C stops at once, unsaved.
+        - ``checkpoint_every``: period of mid-epoch checkpoints: ``"10min"``
+          (default), ``"90s"``, ``"2h"``, ``"500steps"`` (or an int: steps), or
+          None/``"off"``; see :mod:`gpuconv.training.checkpointing`.
         - ``resume_from``: a checkpoint to restore (model, optimizer,
-          scheduler, RNG, loader and callback state, history) before
-          continuing at its next epoch.
+          scheduler, grad scaler, RNG, loader and callback state, history,
+          the partial epoch) before continuing with the next batch; on the CPU
+          the resumed run is bit-identical to an uninterrupted one (all but the
+          wall-clock history fields ``time`` and ``images_per_s``). A finished
+          run trains only epochs beyond its last; an early-stopped one none.
         - ``amp``: mixed precision: set the float16 compute policy on the model
           (:func:`gpuconv.amp.enable_mixed_precision`; it stays set
           after fit) and scale the loss with a :class:`GradScaler` (a new one
@@ -84,7 +94,7 @@ class Sequential(_Sequential):
                         callbacks=callbacks, scheduler=scheduler, verbose=verbose,
                         resume_from=resume_from, nan_policy=nan_policy,
                         checkpoint_path=checkpoint_path, amp=amp, grad_scaler=grad_scaler,
-                        max_steps=max_steps)
+                        max_steps=max_steps, checkpoint_every=checkpoint_every)
 
     def evaluate(self, data: Iterable, loss: Any = None, tta: "bool | int" = False) -> dict:
         """``{"loss", "accuracy", "samples"}`` over ``data`` in eval mode (see

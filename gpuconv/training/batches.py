@@ -51,6 +51,7 @@ class ArrayBatches:
         self.device = None if device is None else get_device(device)
         self.drop_last = bool(drop_last)
         self.epoch = 0  # the epoch whose permutation the next iter() uses, minus one
+        self.skip = 0   # batches the next iter() leaves out (a mid-epoch resume)
 
     def __len__(self) -> int:
         n = len(self.x)
@@ -60,6 +61,13 @@ class ArrayBatches:
         """Make the next ``iter()`` yield epoch ``epoch``'s order (1-based)."""
         self.epoch = int(epoch) - 1
 
+    def skip_batches(self, n: int) -> None:
+        """Make the next ``iter()`` start at batch ``n + 1`` of its epoch (the same
+        batches an uninterrupted epoch yields from there); for one iteration only."""
+        if isinstance(n, bool) or not isinstance(n, (int, numpy.integer)) or n < 0:
+            raise ValueError(f"ArrayBatches: skip_batches needs an int >= 0, got {n!r}")
+        self.skip = int(n)
+
     def order(self, epoch: int) -> numpy.ndarray:
         """Sample indices (int64, shape (N,)) of epoch ``epoch``."""
         return epoch_order(len(self.x), self.seed, epoch, self.shuffle)
@@ -68,7 +76,8 @@ class ArrayBatches:
         self.epoch += 1
         idx = self.order(self.epoch)
         device = self.device or get_device("cpu")
-        for i in range(len(self)):
+        start, self.skip = self.skip, 0
+        for i in range(start, len(self)):
             part = idx[i * self.batch_size:(i + 1) * self.batch_size]
             yield to_device(self.x[part], device), to_device(self.y[part], device)
 

@@ -7,6 +7,34 @@ An epoch's ``logs`` dict holds Python floats (never device arrays):
 phase) and ``skipped`` (batches skipped by ``nan_policy='skip'``); values that
 do not apply are None. Set ``model.stop_training = True`` in a callback to
 end training after the current epoch.
+
+Stopping at once: a KeyboardInterrupt raised in ``on_batch_end`` or
+``on_epoch_end`` is a stop request, like Ctrl-C: the other callbacks still
+see that step (epoch), the step is finished, the checkpoint of that position
+is written (with ``checkpoint_path``) and ``fit`` raises
+:class:`~gpuconv.training.interrupts.TrainingInterrupted`.
+
+Callback state in checkpoints (a general mechanism: every training
+checkpoint carries it, whatever the callback):
+
+- ``state_dict()`` is called on every callback each time a checkpoint is
+  written -- after an epoch, at a periodic mid-epoch checkpoint, on a stop
+  request -- always at a step boundary (after the last completed step's
+  ``on_batch_end``). Return JSON-able values (None, bool, int, float, str,
+  lists, tuples, dicts) and numpy or device arrays (device arrays are copied
+  to the host; e.g. the shadow weights of an EMA callback). Return ``{}``
+  (the default) for a callback without state.
+- On ``fit(resume_from=...)`` each callback's ``load_state_dict(state)``
+  gets what its ``state_dict()`` returned (arrays as host numpy arrays: move
+  them with ``gpuconv.backend.to_device(a, self.model.device)``), *before*
+  ``on_train_begin``. Saved states are matched to callbacks by class name and
+  order among the callbacks of that class, so adding or removing a callback
+  of another class does not shift them; a callback with no saved state keeps
+  its fresh state.
+- A checkpoint written inside an epoch resumes inside it: ``on_epoch_begin``
+  is called again for that epoch with ``logs={"resumed_step": k}`` (k steps
+  already done; keep per-epoch accumulators then, they came back with
+  ``load_state_dict``), and ``on_batch_end`` continues with step ``k + 1``.
 """
 from __future__ import annotations
 
@@ -61,8 +89,9 @@ class History:
 class Callback:
     """Base class; override any hook. ``self.model`` is set by ``fit`` before training.
 
-    ``state_dict()``/``load_state_dict()`` (JSON-able scalars, or arrays) let
-    training checkpoints resume a callback's progress.
+    ``state_dict()``/``load_state_dict()`` (JSON-able values and arrays) let
+    training checkpoints resume a callback's progress; see the module doc for
+    when they are called.
     """
 
     model: Any = None
@@ -72,7 +101,9 @@ class Callback:
 
     def on_train_begin(self, logs: dict | None = None) -> None: ...
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None: ...
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Before the epoch's first step; ``logs = {"resumed_step": k}`` when a resumed
+        run continues this epoch after its step ``k`` (else None)."""
 
     def on_batch_end(self, step: int, logs: dict | None = None) -> None:
         """After each optimizer step; ``logs = {"size": n, "loss": 0-d device array}``
@@ -109,12 +140,22 @@ class CallbackList(Callback):
             cb.on_epoch_begin(epoch, logs)
 
     def on_batch_end(self, step, logs=None):
-        for cb in self.callbacks:
-            cb.on_batch_end(step, logs)
+        self._each("on_batch_end", step, logs)
 
     def on_epoch_end(self, epoch, logs):
+        self._each("on_epoch_end", epoch, logs)
+
+    def _each(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` on every callback; a KeyboardInterrupt (a stop request) is
+        re-raised only after all of them have seen the step/epoch."""
+        stop: KeyboardInterrupt | None = None
         for cb in self.callbacks:
-            cb.on_epoch_end(epoch, logs)
+            try:
+                getattr(cb, hook)(*args)
+            except KeyboardInterrupt as exc:
+                stop = stop or exc
+        if stop is not None:
+            raise stop
 
     def on_train_end(self, logs=None):
         for cb in self.callbacks:
@@ -125,10 +166,19 @@ class CallbackList(Callback):
                               for cb in self.callbacks]}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = state.get("callbacks", [])
-        for cb, entry in zip(self.callbacks, saved):
-            if entry.get("type") == type(cb).__name__:
-                cb.load_state_dict(entry.get("state", {}))
+        """Give each callback the saved state of the same class and rank among the
+        callbacks of that class (see the module doc)."""
+        saved: dict[str, list[dict]] = {}
+        for entry in state.get("callbacks", []):
+            saved.setdefault(entry.get("type"), []).append(entry.get("state") or {})
+        seen: dict[str, int] = {}
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            rank = seen.get(name, 0)
+            seen[name] = rank + 1
+            states = saved.get(name, [])
+            if rank < len(states) and states[rank]:
+                cb.load_state_dict(states[rank])
 
 
 def _resolve_mode(mode: str, monitor: str, who: str) -> str:

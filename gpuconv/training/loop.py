@@ -42,14 +42,35 @@ and a resumed run continues them exactly. On other devices (CuPy) the
 generator state cannot be saved, so every epoch starts by restarting the
 device generators from ``(seed, epoch)``
 (:func:`gpuconv.backend.random.reseed_for_epoch`): dropout masks and device
-augmentation in epoch ``k`` are the same whether or not the run was resumed.
+augmentation in epoch ``k`` are the same whether or not the run was resumed
+from the end of an epoch. (Resumed from *inside* an epoch on such a device,
+the rest of that epoch draws other masks than an uninterrupted run would;
+from the next epoch on the draws agree again.)
+
+Checkpoints, interrupts and exact resume (``checkpoint_path``; see
+:mod:`gpuconv.training.checkpointing` and :mod:`gpuconv.training.interrupts`):
+a checkpoint is written after every epoch, every ``checkpoint_every`` (10
+minutes by default; or a number of steps) and on a stop request. Ctrl-C
+while ``fit`` runs in the main thread is a stop request: the current step
+is finished (or validation stopped between batches), the checkpoint of
+that position written and :class:`TrainingInterrupted` (a KeyboardInterrupt)
+raised; a second Ctrl-C raises at once without saving. ``resume_from``
+continues with the next batch of the epoch the checkpoint was written in (or
+with its validation). On the CPU, an interrupted-and-resumed run equals an
+uninterrupted one bit for bit in: the weights and buffers, the optimizer,
+scheduler, grad-scaler and callback states, and every history field except
+the two measured ones, ``time`` and ``images_per_s`` (wall-clock). A
+checkpoint whose run ended (status ``finished`` or ``stopped``) trains only
+epochs beyond the last one, and none after early stopping.
 """
 from __future__ import annotations
 
 import inspect
 import os
+import sys
 import time
-from typing import Any, Iterable, Sequence
+import warnings
+from typing import Any, Callable, Iterable, Sequence
 
 from ..backend import (Array, Device, device_of, get_array_module, get_device, keep_freed_memory,
                        reseed_for_epoch, set_state, to_numpy)
@@ -57,13 +78,17 @@ from ..layers.base import Layer
 from ..amp import GradScaler, enable_mixed_precision, scaled_backward_step
 from .batches import ArrayBatches, bind_device, check_batch
 from .callbacks import Callback, CallbackList, History
+from .checkpointing import DEFAULT_CHECKPOINT_EVERY, CheckpointEvery, partial_state
+from .console import terminal_width, wrap_text
+from .interrupts import StopRequests, TrainingInterrupted
 from ..io.checkpoint import load_checkpoint, restore_model, save_checkpoint
 from .modes import evaluating
 from .progress import EpochProgress
 from .stats import EpochStats, correct_count
 from .tta import check_level, tta_forward
 
-__all__ = ["fit", "evaluate", "predict", "ArrayBatches", "NAN_POLICIES"]
+__all__ = ["fit", "evaluate", "predict", "ArrayBatches", "NAN_POLICIES", "TrainingInterrupted",
+           "DEFAULT_CHECKPOINT_EVERY"]
 
 NAN_POLICIES = ("raise", "skip")
 
@@ -119,12 +144,63 @@ def _lr(optimizer: Any) -> float | None:
     return None if lr is None else float(lr)
 
 
+class _Stop(Exception):
+    """Internal: a stop was requested and the loop is at a boundary (see interrupts)."""
+
+
+class _Epoch:
+    """The epoch in progress: position, running totals and what its log will show.
+
+    ``step``: steps done (batches skipped by nan_policy='skip' included);
+    ``phase``: 'train' or 'validate'; ``lr``: the lr at the epoch's start;
+    ``elapsed()``: seconds spent on it, in earlier sessions included.
+    """
+
+    def __init__(self, epoch: int, lr: float | None) -> None:
+        self.epoch, self.lr = epoch, lr
+        self.step = 0
+        self.phase = "train"
+        self.stats = EpochStats()
+        self.skipped = 0
+        self.before = 0.0          # seconds spent before a resume
+        self.start = time.perf_counter()
+        self.train_time: float | None = None
+
+    def elapsed(self) -> float:
+        return self.before + (time.perf_counter() - self.start)
+
+    def restore(self, partial: dict) -> None:
+        """Continue from a checkpoint's partial-epoch record (checkpointing.partial_state)."""
+        self.step, self.phase, self.lr = int(partial["step"]), partial["phase"], partial["lr"]
+        self.stats.load_state_dict(partial["stats"])
+        self.skipped = int(partial["skipped"])
+        self.before = float(partial["elapsed"])
+        if self.phase == "validate":
+            self.train_time = self.before
+
+    def record(self, amp_skipped: int) -> dict:
+        return partial_state(self.epoch, self.step, self.phase, self.lr, self.elapsed(),
+                             self.stats.state_dict(), self.skipped, amp_skipped)
+
+
+def _all_finite(model: Layer) -> bool:
+    """One host read: are all parameters finite? (checked before writing a checkpoint)"""
+    params = [p.data for p in model.parameters()]
+    if not params:
+        return True
+    xp = get_array_module(params[0])
+    flags = [xp.isfinite(p).all() for p in params]
+    return bool(to_numpy(xp.stack(flags)).all())
+
+
 class _Run:
     """State of one ``fit`` call (keeps ``fit`` itself readable)."""
 
     def __init__(self, model, train_data, epochs, optimizer, loss, val_data, callbacks,
                  scheduler, verbose, nan_policy, checkpoint_path,
-                 scaler: GradScaler | None = None, max_steps: int | None = None) -> None:
+                 scaler: GradScaler | None = None,
+                 checkpoint_every: CheckpointEvery = CheckpointEvery(),
+                 max_steps: int | None = None) -> None:
         self.model, self.epochs, self.optimizer, self.loss = model, epochs, optimizer, loss
         self.scaler = scaler
         self.amp_skipped = 0       # steps of the current epoch skipped for inf/NaN gradients
@@ -137,11 +213,18 @@ class _Run:
         self.verbose = verbose
         self.skip = nan_policy == "skip"
         self.checkpoint_path = checkpoint_path
+        self.every = checkpoint_every if checkpoint_path is not None else CheckpointEvery()
         self.history = History()
         self.completed = 0         # epochs completed (checkpoint "epoch")
         self.max_steps = max_steps
         self.steps = 0             # batches trained in total (checkpoint extra "steps")
-        self.position = (0, 0)     # (epoch, step) in progress, for interruption reports
+        self.stopped = False       # resumed from a run that model.stop_training ended
+        self.current: _Epoch | None = None     # the epoch in progress
+        self.resume_partial: dict | None = None  # partial epoch of the resumed checkpoint
+        self.resume_rng: dict | None = None
+        self.stops = StopRequests()
+        self.last_save = time.monotonic()
+        self.steps_since_save = 0
 
     # ---- checkpoints -------------------------------------------------------------------
     def resume(self, path: "str | os.PathLike") -> None:
@@ -164,29 +247,84 @@ class _Run:
         self.history = History(ckpt.history)
         self.completed = ckpt.epoch
         self.steps = int(ckpt.extra.get("steps") or 0)
+        self.stopped = ckpt.status == "stopped"
+        self.resume_partial = ckpt.partial
+        self.resume_rng = ckpt.rng_state if ckpt.partial is not None else None
+        if ckpt.version == 1 and ckpt.status == "interrupted":
+            warnings.warn(f"{ckpt.path}: a version-1 checkpoint written on an interrupt inside "
+                          f"epoch {ckpt.epoch + 1}; it records no position, so that epoch is "
+                          "trained again from its first batch (on top of its partly trained "
+                          "weights)", stacklevel=3)
 
-    def save(self, interrupted: bool = False) -> None:
+    def save(self, status: str = "running") -> None:
+        """Write the checkpoint of the current position (a step or epoch boundary)."""
         extra: dict[str, Any] = {"callbacks": self.callbacks.state_dict(), "epochs": self.epochs,
                                  "steps": self.steps}
         if hasattr(self.train_data, "state_dict"):
             extra["loader"] = self.train_data.state_dict()
         if self.scaler is not None:
             extra["grad_scaler"] = self.scaler.state_dict()
-        if interrupted:
-            extra["interrupted"] = {"epoch": self.position[0], "step": self.position[1]}
+        current = self.current
+        partial = None
+        if current is not None and (current.step > 0 or current.phase == "validate"):
+            partial = current.record(self.amp_skipped)  # syncs the running totals
+            if current.stats.first_bad_step is not None:
+                raise _nan_error(current.epoch, current.stats)
+        if not _all_finite(self.model):  # never overwrite the last good checkpoint
+            where = (f"epoch {current.epoch}, step {current.step}" if current is not None
+                     else f"the end of epoch {self.completed}")
+            raise FloatingPointError(
+                f"fit: non-finite weights at {where}; training stopped and no checkpoint "
+                "written (the last one is from before). Lower the learning rate or clip "
+                "gradients.")
+        if status == "interrupted":
+            extra["interrupted"] = ({"epoch": current.epoch, "step": current.step,
+                                     "phase": current.phase} if partial is not None
+                                    else {"epoch": self.completed, "step": 0})
+            extra["interrupted"]["reason"] = self.stops.requested
         save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler,
-                        self.completed, self.history, extra)
+                        self.completed, self.history, extra, partial=partial, status=status)
+        self.last_save = time.monotonic()
+        self.steps_since_save = 0
+
+    def boundary(self) -> None:
+        """At a step boundary: honour a stop request, write a periodic checkpoint if due."""
+        if self.stops.requested is not None:
+            raise _Stop
+        if self.every.enabled and self.every.due(time.monotonic() - self.last_save,
+                                                 self.steps_since_save):
+            self.save()
+
+    def check_stop(self) -> None:
+        if self.stops.requested is not None:
+            raise _Stop
 
     # ---- one epoch ---------------------------------------------------------------------
-    def train_epoch(self, epoch: int, stats: EpochStats, progress: EpochProgress) -> int:
-        """Run the optimisation steps of one epoch; returns the number of skipped batches."""
+    def batches(self, start: int) -> Iterable:
+        """The training data from batch ``start + 1`` on (a mid-epoch resume)."""
+        data = self.train_data
+        if start == 0:
+            return data
+        if callable(getattr(data, "skip_batches", None)):
+            data.skip_batches(start)  # leaves the first batches out without loading them
+            return data
+        iterator = iter(data)  # any other iterable: load and drop them ...
+        for _ in range(start):
+            if next(iterator, None) is None:
+                break
+        if self.device.kind == "cpu" and self.resume_rng is not None:
+            set_state(self.resume_rng)  # ... and undo the random draws their loading made
+        return iterator
+
+    def train_epoch(self, epoch: int, current: _Epoch, progress: EpochProgress) -> None:
+        """Run the optimisation steps of one epoch (from ``current.step + 1`` on)."""
         model, optimizer, loss, scaler = self.model, self.optimizer, self.loss, self.scaler
         params = model.parameters()
+        stats = current.stats
         model.train()
-        skipped = 0
-        self.amp_skipped = 0
-        for step, batch in enumerate(self.train_data, 1):
-            self.position = (epoch, step)
+        batches = self.batches(current.step)
+        self.resume_rng = None
+        for step, batch in enumerate(batches, current.step + 1):
             where = f"fit (epoch {epoch}, step {step})"
             x, y = _unpack(batch, where)
             check_batch(x, y, self.device, where)
@@ -194,7 +332,7 @@ class _Run:
             pred = model.forward(x)
             value = loss.forward(loss_input(model, pred), y)
             if self.skip and not bool(to_numpy(get_array_module(value).isfinite(value))):
-                skipped += 1  # per-step sync: only in 'skip' mode
+                current.skipped += 1  # per-step sync: only in 'skip' mode
                 model.clear_cache()
             else:
                 correct = correct_count(pred, y)
@@ -204,49 +342,67 @@ class _Run:
                 elif not scaled_backward_step(model, optimizer, loss, pred, scaler, params):
                     self.amp_skipped += 1  # a gradient overflowed: step skipped
                 stats.add(value, correct, x.shape[0])
-                self.callbacks.on_batch_end(step, {"size": int(x.shape[0]), "loss": value})
+                try:
+                    self.callbacks.on_batch_end(step, {"size": int(x.shape[0]), "loss": value})
+                except KeyboardInterrupt:  # a callback's stop request: finish the step first
+                    self.stops.request("callback")
             if self.per_batch:
                 self.scheduler.step()
+            current.step = step
             progress.step()
             if stats.first_bad_step is not None:
                 raise _nan_error(epoch, stats)
             self.steps += 1
+            self.steps_since_save += 1
+            self.boundary()
             if self.out_of_steps():
                 break
         stats.sync()
         if stats.first_bad_step is not None:
             raise _nan_error(epoch, stats)
-        return skipped
 
     def run_epoch(self, epoch: int) -> dict:
-        start = time.perf_counter()
         if self.device.kind != "cpu":  # device generators can't be checkpointed: see
             reseed_for_epoch(epoch)    # gpuconv.backend.random (CPU: state saved exactly)
         if hasattr(self.train_data, "set_epoch"):
             self.train_data.set_epoch(epoch)
-        self.callbacks.on_epoch_begin(epoch)
-        stats = EpochStats()
+        current = self.current = _Epoch(epoch, _lr(self.optimizer))
+        resumed = self.resume_partial
+        self.resume_partial = None
+        self.amp_skipped = 0
+        if resumed is not None and resumed["epoch"] == epoch:
+            current.restore(resumed)
+            self.amp_skipped = int(resumed["amp_skipped"])
+        self.callbacks.on_epoch_begin(epoch, {"resumed_step": current.step}
+                                      if resumed is not None else None)
+        stats = current.stats
+        times = [r["time"] for r in self.history.records
+                 if isinstance(r.get("time"), (int, float))]
         length = _length(self.train_data)
         if length is not None and self.max_steps is not None:
-            length = max(0, min(length, self.max_steps - self.steps))
+            length = max(0, min(length, current.step + self.max_steps - self.steps))
         progress = EpochProgress(epoch, self.epochs, length, stats,
-                                 self.verbose, lr=lambda: _lr(self.optimizer))
+                                 self.verbose, lr=lambda: _lr(self.optimizer),
+                                 initial=current.step, epoch_times=times)
         logs = None
         try:
-            lr = _lr(self.optimizer)
-            skipped = self.train_epoch(epoch, stats, progress)
-            train_time = time.perf_counter() - start
-            if stats.steps == 0 and skipped == 0:
+            if current.phase == "train":
+                self.train_epoch(epoch, current, progress)
+                current.train_time = current.elapsed()
+            train_time = current.train_time
+            if stats.steps == 0 and current.skipped == 0:
                 raise ValueError(f"fit: the training data yielded no batches in epoch {epoch}")
             logs = {"epoch": epoch, "loss": stats.loss, "accuracy": stats.accuracy,
-                    "val_loss": None, "val_accuracy": None, "lr": lr, "time": None,
+                    "val_loss": None, "val_accuracy": None, "lr": current.lr, "time": None,
                     "images_per_s": stats.samples / train_time if train_time > 0 else None,
-                    "skipped": skipped}
+                    "skipped": current.skipped}
             if self.scaler is not None:
                 logs["amp_skipped"] = self.amp_skipped
                 logs["amp_scale"] = self.scaler.scale
             if self.val_data is not None:
-                val = evaluate(self.model, self.val_data, self.loss)
+                current.phase = "validate"
+                progress.validating()
+                val = _evaluate(self.model, self.val_data, self.loss, between=self.check_stop)
                 logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
             if self.scheduler is not None and not self.per_batch:
                 if _takes_metric(self.scheduler):
@@ -254,7 +410,10 @@ class _Run:
                     self.scheduler.step(metric)
                 else:
                     self.scheduler.step()
-            logs["time"] = time.perf_counter() - start
+            logs["time"] = current.elapsed()
+        except BaseException:
+            logs = None
+            raise
         finally:
             progress.close(logs)
         return logs
@@ -262,27 +421,56 @@ class _Run:
     def out_of_steps(self) -> bool:
         return self.max_steps is not None and self.steps >= self.max_steps
 
+    def interrupted(self, reason: str, saved: bool) -> TrainingInterrupted:
+        current = self.current
+        if current is None:
+            return TrainingInterrupted(self.completed, 0, "epoch end", reason,
+                                       self.checkpoint_path if saved else None)
+        return TrainingInterrupted(current.epoch, current.step, current.phase, reason,
+                                   self.checkpoint_path if saved else None)
+
     def run(self) -> History:
         model = self.model
         model.stop_training = False
         model.history = self.history
-        self.callbacks.on_train_begin()
-        try:
-            for epoch in range(self.completed + 1, self.epochs + 1):
-                if self.out_of_steps():
-                    break
-                logs = self.run_epoch(epoch)
-                self.history.append(logs)
-                self.callbacks.on_epoch_end(epoch, logs)
-                self.completed = epoch
+        notify = None if self.verbose == 0 else (
+            lambda text: print("\n" + wrap_text(text, terminal_width(sys.stderr) - 1),
+                               file=sys.stderr, flush=True))
+        self.stops = StopRequests(notify)
+        with self.stops:
+            try:
+                self.callbacks.on_train_begin()
+                first = self.epochs + 1 if self.stopped else self.completed + 1
+                for epoch in range(first, self.epochs + 1):
+                    if self.out_of_steps() and self.current is None and \
+                            self.resume_partial is None:
+                        break  # resumed after the last step: nothing more to train
+                    logs = self.run_epoch(epoch)
+                    self.history.append(logs)
+                    try:
+                        self.callbacks.on_epoch_end(epoch, logs)
+                    except KeyboardInterrupt:  # a callback's stop request
+                        self.stops.request("callback")
+                    self.completed = epoch
+                    self.current = None
+                    last = model.stop_training or epoch == self.epochs or self.out_of_steps()
+                    if self.checkpoint_path is not None:
+                        self.save(("stopped" if model.stop_training else "finished") if last
+                                  else "interrupted" if self.stops.requested else "running")
+                    if last:
+                        break
+                    if self.stops.requested is not None:
+                        raise self.interrupted(self.stops.requested,
+                                               self.checkpoint_path is not None)
+            except _Stop:
                 if self.checkpoint_path is not None:
-                    self.save()
-                if model.stop_training or self.out_of_steps():
-                    break
-        except KeyboardInterrupt:
-            if self.checkpoint_path is not None:
-                self.save(interrupted=True)
-            raise
+                    self.save("interrupted")
+                raise self.interrupted(self.stops.requested or "callback",
+                                       self.checkpoint_path is not None) from None
+            except TrainingInterrupted:
+                raise
+            except KeyboardInterrupt as exc:  # a second Ctrl-C, or not at a boundary
+                raise self.interrupted("hard", False) from exc
         self.callbacks.on_train_end({"history": self.history})
         model.clear_cache()
         return self.history
@@ -293,7 +481,8 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
         scheduler: Any = None, verbose: int = 1,
         resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
         checkpoint_path: "str | os.PathLike | None" = None, amp: bool = False,
-        grad_scaler: GradScaler | None = None, max_steps: int | None = None) -> History:
+        grad_scaler: GradScaler | None = None,
+        checkpoint_every: Any = DEFAULT_CHECKPOINT_EVERY, max_steps: int | None = None) -> History:
     """Train ``model`` (see :meth:`gpuconv.models.Sequential.fit`)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
@@ -314,6 +503,7 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
         raise TypeError("fit: train_data must be an iterable of (x, y) batches, not an "
                         "(x, y) pair; wrap arrays in gpuconv.training.loop.ArrayBatches(x, y, "
                         "batch_size)")
+    every = CheckpointEvery.parse(checkpoint_every)  # ValueError now, not mid-run
     if grad_scaler is not None and not isinstance(grad_scaler, GradScaler):
         raise TypeError(f"fit: grad_scaler must be a gpuconv GradScaler, got {grad_scaler!r}")
     if amp:
@@ -324,7 +514,7 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
     keep_freed_memory()  # see gpuconv.backend.host_memory: no page faults per step
     run = _Run(model, train_data, epochs, optimizer, loss, val_data, callbacks, scheduler,
                verbose, nan_policy, None if checkpoint_path is None else os.fspath(checkpoint_path),
-               grad_scaler, max_steps)
+               grad_scaler, every, max_steps)
     with run.device.context():  # new arrays go to the model's GPU (a no-op on the CPU)
         if resume_from is not None:
             run.resume(resume_from)
@@ -347,6 +537,12 @@ def evaluate(model: Layer, data: Iterable, loss: Any = None, tta: "bool | int" =
     (None where not applicable). Reads the device once.
     Layer modes are restored and caches cleared afterwards.
     """
+    return _evaluate(model, data, loss, tta=tta)
+
+
+def _evaluate(model: Layer, data: Iterable, loss: Any = None,
+              between: "Callable[[], None] | None" = None, tta: "bool | int" = False) -> dict:
+    """:func:`evaluate`; ``between()`` runs before every batch (fit's stop check)."""
     loss = loss if loss is not None else getattr(model, "_fit_loss", None)
     level = _tta_level(tta)
     device = model_device(model)
@@ -354,6 +550,8 @@ def evaluate(model: Layer, data: Iterable, loss: Any = None, tta: "bool | int" =
     stats = EpochStats()
     with device.context(), evaluating(model):
         for step, batch in enumerate(data, 1):
+            if between is not None:
+                between()
             where = f"evaluate (step {step})"
             x, y = _unpack(batch, where)
             check_batch(x, y, device, where)

@@ -8,6 +8,12 @@ them to the host in one transfer each and updates float64 host totals. That
 is also where non-finite losses are found, together with the 1-based index of
 the first bad step.
 
+The host totals are added step by step in float64, in step order, whatever
+the grouping of the syncs: the loss of an epoch is then the same bits
+whether the running values were read every 0.5 s, once at the end, or at a
+mid-epoch checkpoint (:meth:`EpochStats.state_dict` carries the totals into
+checkpoints, so a resumed epoch logs the loss an uninterrupted one logs).
+
 Trade-off: with ``nan_policy='raise'`` a NaN/Inf loss is detected at the next
 sync point, so the optimizer updates between the bad step and that point have
 already been applied (the weights are then typically non-finite too); the
@@ -96,7 +102,10 @@ class EpochStats:
                 i = int(numpy.argmax(bad))
                 self.first_bad_step = self.steps - len(self._losses) + 1 + i
                 self.first_bad_value = float(losses[i])
-            self.loss_sum += float((losses * sizes).sum())
+            total = self.loss_sum
+            for value in (losses * sizes).tolist():  # in step order: grouping-independent
+                total += value
+            self.loss_sum = total
         if self._has_accuracy and self._correct:
             xp = get_array_module(*self._correct)
             self.correct_sum += int(to_numpy(xp.stack(self._correct)).sum())
@@ -119,6 +128,27 @@ class EpochStats:
         if not self._has_accuracy:
             return None
         return self.correct_sum / self.synced_samples if self.synced_samples else math.nan
+
+    def state_dict(self) -> dict[str, Any]:
+        """The totals after a :meth:`sync` (JSON-able: ints, float64 sums, flags), for a
+        mid-epoch checkpoint. Syncs first, so nothing is pending."""
+        self.sync()
+        return {"steps": self.steps, "samples": self.samples, "loss_sum": self.loss_sum,
+                "correct_sum": self.correct_sum, "synced_samples": self.synced_samples,
+                "has_loss": self._has_loss, "has_accuracy": self._has_accuracy}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s totals (the steps before a resume)."""
+        self._losses.clear()
+        self._correct.clear()
+        self._sizes.clear()
+        self.steps = int(state["steps"])
+        self.samples = int(state["samples"])
+        self.loss_sum = float(state["loss_sum"])
+        self.correct_sum = int(state["correct_sum"])
+        self.synced_samples = int(state["synced_samples"])
+        self._has_loss = bool(state["has_loss"])
+        self._has_accuracy = bool(state["has_accuracy"])
 
     def summary(self) -> dict[str, Any]:
         self.sync()
