@@ -17,18 +17,21 @@ from ..backend import to_numpy
 from ..metrics import classification_report, confusion_matrix, precision_recall_f1
 from ..training.console import DEFAULT_WIDTH, wrap_text
 from ..training.modes import evaluating
+from ..training.tta import tta_forward
 
 __all__ = ["collect_logits", "build_report", "format_confusion", "format_report",
            "plot_history", "plot_confusion", "matplotlib_available"]
 
 
-def collect_logits(model: Any, loader: Iterable) -> tuple[numpy.ndarray, numpy.ndarray]:
+def collect_logits(model: Any, loader: Iterable, tta: int = 0
+                   ) -> tuple[numpy.ndarray, numpy.ndarray]:
     """Run ``model`` in eval mode over ``loader``'s (x, y) batches; return host
-    ``(logits (N, K) float64, labels (N,) int64)``."""
+    ``(logits (N, K) float64, labels (N,) int64)``. ``tta``: the test-time
+    augmentation level (:mod:`gpuconv.training.tta`; 0 = none, 2 = 6 views)."""
     outputs, labels = [], []
     with evaluating(model):
         for x, y in loader:
-            outputs.append(model.forward(x))
+            outputs.append(tta_forward(model.forward, x, tta) if tta else model.forward(x))
             labels.append(y)
     if not outputs:
         raise ValueError("the test data yielded no batches")

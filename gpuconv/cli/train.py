@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import datetime as _dt
 import json
+import math
 import shlex
 import signal
 import sys
@@ -51,6 +52,7 @@ from .common import (AUGMENT_CHOICES, CIFAR10_MEAN, CIFAR10_STD, CLIError, build
                      eprint, load_cifar10, resolve_device, split_indices)
 from ..models.presets import (DEFAULT_PRESET, INPUT_SHAPE, PRESET_HELP, PRESET_HELP_NOTE, PRESETS,
                               build_preset)
+from .recipe import RECIPES, airbench_run, recipe_settings
 from .report import build_report, collect_logits, format_report, write_plots
 
 __all__ = ["add_parser", "run", "DEFAULTS", "RESUME_OVERRIDABLE"]
@@ -86,6 +88,9 @@ DEFAULTS: dict[str, Any] = {
     "amp": False,
     "eval_batch_size": 256,
     "checkpoint_every": DEFAULT_CHECKPOINT_EVERY,
+    "recipe": "none",
+    "width": 1.0,
+    "tta": False,
 }
 
 #: Why ``--amp`` is refused on the CPU (measured on this project's 2-core Xeon VM,
@@ -106,6 +111,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _positive_number(text: str) -> float | int:
+    value = float(text)
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return int(value) if value == int(value) else value
 
 
 def _non_negative_float(text: str) -> float:
@@ -191,8 +203,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--test-limit", type=_positive_int, default=None,
                    help="report on only the first N test images")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=_positive_int, default=None,
-                   help=f"maximum number of epochs (default {d['epochs']})")
+    g.add_argument("--epochs", type=_positive_number, default=None,
+                   help=f"maximum number of epochs (default {d['epochs']}); a fraction cuts "
+                        "the last one short: 9.9 trains 9.9 epochs' worth of batches")
+    g.add_argument("--recipe", choices=RECIPES, default=None,
+                   help="a complete training recipe: airbench = airbench94 (model, optimizer, "
+                        "schedule, augmentation, 9.9 epochs, TTA; see README) (default none)")
+    g.add_argument("--width", type=_positive_number, default=None,
+                   help="channel multiplier of presets that have one (airbench; default 1)")
+    g.add_argument("--tta", action="store_true", default=None,
+                   help="test report with test-time augmentation (mirror + 1-pixel shifts, "
+                        "6 views; on with --recipe airbench)")
     g.add_argument("--batch-size", type=_positive_int, default=None,
                    help=f"training batch size (default {d['batch_size']})")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=None, metavar="NAME",
@@ -265,7 +286,7 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path, di
     """(settings, run folder, previous config or None) for a new or resumed run."""
     given = _given(args)
     if args.resume is None:
-        settings = {**DEFAULTS, **given}
+        settings = recipe_settings(DEFAULTS, given)
         if settings["data_dir"] is not None:
             settings["data_dir"] = str(Path(settings["data_dir"]).expanduser().resolve())
         out = Path(args.out) if args.out else rd.default_run_dir(settings["model"])
@@ -481,6 +502,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 # ---- the command ------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     """Run ``gpuconv train``; returns the exit code."""
+    run_start = time.perf_counter()
     settings, out, previous = resolve_settings(args)
     quiet = bool(args.quiet)
     if previous is not None:
@@ -498,14 +520,30 @@ def run(args: argparse.Namespace) -> int:
     data = _Data(settings)
 
     seed_all(int(settings["seed"]))
-    model = build_preset(settings["model"], num_classes=len(data.classes), dtype=settings["dtype"])
-    model.to(device)
-    train_loader = _loader(data.train, settings, device, train=True)
-    val_loader = None if data.val is None else _loader(data.val, settings, device, train=False)
-    test_loader = _loader(data.test, settings, device, train=False)
-    optimizer = build_optimizer(settings, model)
-    scheduler = build_scheduler(settings, optimizer, len(train_loader))
-    loss = losses.SoftmaxCrossEntropy(label_smoothing=settings["label_smoothing"])
+    recipe_callbacks: list[Callback] = []
+    if settings["recipe"] == "airbench":
+        parts = airbench_run(settings, data, device)
+        model, optimizer, scheduler, loss = parts.model, parts.optimizer, parts.scheduler, \
+            parts.loss
+        train_loader, val_loader, test_loader = parts.train_loader, parts.val_loader, \
+            parts.test_loader
+        recipe_callbacks, epochs, max_steps, tta = parts.callbacks, parts.epochs, \
+            parts.max_steps, parts.tta
+    else:
+        model = build_preset(settings["model"], num_classes=len(data.classes),
+                             dtype=settings["dtype"], width=settings["width"])
+        model.to(device)
+        train_loader = _loader(data.train, settings, device, train=True)
+        val_loader = None if data.val is None else _loader(data.val, settings, device,
+                                                           train=False)
+        test_loader = _loader(data.test, settings, device, train=False)
+        optimizer = build_optimizer(settings, model)
+        scheduler = build_scheduler(settings, optimizer, len(train_loader))
+        loss = losses.SoftmaxCrossEntropy(label_smoothing=settings["label_smoothing"])
+        epochs = math.ceil(settings["epochs"])
+        max_steps = None if epochs == settings["epochs"] else \
+            math.ceil(settings["epochs"] * len(train_loader))
+        tta = 2 if settings["tta"] else 0
 
     if previous is None and getattr(args, "overwrite", False) and (out / rd.CONFIG).exists():
         removed = rd.remove_run_files(out)  # only now: data and settings were fine
@@ -534,10 +572,10 @@ def run(args: argparse.Namespace) -> int:
         rd.write_text(out / rd.SUMMARY_TXT, model.summary(INPUT_SHAPE, print_fn=None) + "\n")
 
     monitor = settings["monitor"] if val_loader is not None else settings["monitor"][4:]
-    callbacks: list[Callback] = [
-        HistoryLogger(out / rd.HISTORY_JSON, out / rd.HISTORY_CSV),
-        ModelCheckpoint(out / rd.MODEL, monitor=monitor, save_best_only=True),
-    ]
+    callbacks: list[Callback] = [*recipe_callbacks,
+                                 HistoryLogger(out / rd.HISTORY_JSON, out / rd.HISTORY_CSV)]
+    if not recipe_callbacks:  # a recipe's model is the final one (lookahead writes it last)
+        callbacks.append(ModelCheckpoint(out / rd.MODEL, monitor=monitor, save_best_only=True))
     if settings["patience"] > 0:
         callbacks.append(EarlyStopping(monitor=monitor, patience=int(settings["patience"]),
                                        restore_best_weights=True))
@@ -558,7 +596,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         with _sigterm_interrupts():
-            history = model.fit(train_loader, settings["epochs"], optimizer, loss,
+            history = model.fit(train_loader, epochs, optimizer, loss, max_steps=max_steps,
                                 val_data=val_loader, callbacks=callbacks, scheduler=scheduler,
                                 verbose=verbose, checkpoint_path=checkpoint,
                                 checkpoint_every=settings["checkpoint_every"],
@@ -571,12 +609,13 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(_failed_message(exc, out, config), code=1) from None
     train_time = time.perf_counter() - start
 
-    # Final report with the best model (model.npz: best value of the monitored metric).
-    if (out / rd.MODEL).is_file():
+    # Final report with the best model (model.npz: best value of the monitored metric),
+    # or a recipe's final model
+    if (out / rd.MODEL).is_file() and not recipe_callbacks:
         model = load_model(out / rd.MODEL, device=device)
     else:
         model.save(out / rd.MODEL)
-    logits, labels = collect_logits(model, test_loader)
+    logits, labels = collect_logits(model, test_loader, tta)
     report = build_report(logits, labels, data.classes)
     rows = [{k: r.get(k) for k in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy",
                                    "lr", "time", "images_per_s")} for r in history.records]
@@ -589,7 +628,12 @@ def run(args: argparse.Namespace) -> int:
     report_json.update({"model": str(out / rd.MODEL), "epochs_trained": len(rows),
                         "best_epoch": None if best is None else best["epoch"],
                         "monitor": key, "best_value": None if best is None else best[key],
-                        "train_time_s": train_time})
+                        "train_time_s": train_time, "tta": tta})
+    if tta:  # the plain accuracy next to the TTA one
+        plain_logits, _ = collect_logits(model, test_loader)
+        report_json["accuracy_without_tta"] = float((plain_logits.argmax(1) == labels).mean())
+    # this session's whole command: data loading, training and the test report
+    report_json["session_time_s"] = time.perf_counter() - run_start
     rd.write_json(out / rd.REPORT_JSON, report_json)
     text = format_report(report, f"Test set ({settings['model']}, {out / rd.MODEL})")
     rd.write_text(out / rd.REPORT_TXT, text)
@@ -599,7 +643,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(report, f"Test set ({settings['model']}, {out / rd.MODEL})",
                             width=width - 1))
     best_txt = "" if best is None else f", best epoch {best['epoch']} ({key} {best[key]:.4f})"
-    print(wrap_text(f"test accuracy {report['accuracy']:.4f} on {report['samples']} images "
+    tta_txt = f" with TTA ({report_json['accuracy_without_tta']:.4f} without)" if tta else ""
+    print(wrap_text(f"test accuracy {report['accuracy']:.4f}{tta_txt} on {report['samples']} images "
                     f"after {len(rows)} epoch(s){best_txt}; run folder: {out}"
                     + ("" if plots else " (no plots: matplotlib is not installed)"), width - 1))
     return 0

@@ -155,14 +155,15 @@ def build_loss(recipe: AirbenchRecipe = AirbenchRecipe()) -> SoftmaxCrossEntropy
 def build_loader(dataset: Any, recipe: AirbenchRecipe = AirbenchRecipe(),
                  device: "str | Device | None" = None, seed: "int | None" = None,
                  train: bool = True, mean: Sequence[float] = CIFAR10_MEAN,
-                 std: Sequence[float] = CIFAR10_STD) -> DeviceDataLoader:
+                 std: Sequence[float] = CIFAR10_STD,
+                 eval_batch_size: int = 2000) -> DeviceDataLoader:
     """The device-resident loader: training (shuffled, full batches only, translate +
-    alternating flip) or evaluation (in order, no augmentation, batch 2000)."""
+    alternating flip) or evaluation (in order, no augmentation, ``eval_batch_size``)."""
     if train:
         return DeviceDataLoader(dataset, recipe.batch_size, shuffle=True, drop_last=True,
                                 seed=seed, device=device, normalize=(mean, std),
                                 translate=recipe.translate, flip=recipe.flip)
-    return DeviceDataLoader(dataset, 2000, device=device, normalize=(mean, std))
+    return DeviceDataLoader(dataset, eval_batch_size, device=device, normalize=(mean, std))
 
 
 def build_callbacks(model: Sequential, steps: int,
