@@ -16,6 +16,7 @@ never synchronises host and device.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import numpy
@@ -55,9 +56,7 @@ class Optimizer:
 
     def __init__(self, params: Any, lr: float, regularizer: Regularizer | None = None) -> None:
         self.params: list[Parameter] = as_parameter_list(params)
-        if lr < 0:
-            raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
-        self._lr = float(lr)
+        self._lr = check_range(f"{type(self).__name__}: lr", lr, 0.0)
         self.regularizer = regularizer
         self.step_count = 0
         self.state: list[dict[str, Array]] = [{} for _ in self.params]
@@ -210,10 +209,16 @@ class Optimizer:
 
 def check_range(name: str, value: float, low: float, high: float | None = None,
                 open_high: bool = False) -> float:
-    """Validate a hyper-parameter: ``low <= value`` and ``value < high`` / ``<= high``."""
-    value = float(value)
-    bad = value < low or (high is not None and (value >= high if open_high else value > high))
+    """Validate a hyper-parameter: a finite number with ``low <= value`` and
+    ``value < high`` / ``<= high`` (NaN and infinities are refused: with them every
+    update is NaN). Returns it as a float; ValueError otherwise."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    bad = not math.isfinite(value) or value < low or \
+        (high is not None and (value >= high if open_high else value > high))
     if bad:
         bound = "" if high is None else (f" and < {high}" if open_high else f" and <= {high}")
-        raise ValueError(f"{name} must be >= {low}{bound}, got {value}")
+        raise ValueError(f"{name} must be a finite number >= {low}{bound}, got {value}")
     return value
