@@ -24,6 +24,14 @@ __all__ = ["main", "build_parser", "CLIError"]
 DEBUG_HELP = "print the traceback of every error (also GPUCONV_DEBUG=1)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (argparse's default repeats the whole
+    usage block first, fifteen lines for ``train``)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     """Optional ``bench`` subcommand.
 
@@ -55,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with all subcommands."""
     from . import evaluate, predict, train  # noqa: PLC0415 - keeps `import gpuconv.cli` light
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gpuconv",
         description="gpuconv: a from-scratch CNN framework on NumPy (CPU) and CuPy (GPU). "
                     "Train on CIFAR-10, evaluate and predict with saved models.",

@@ -54,9 +54,11 @@ def load_cifar10(data_dir: "str | os.PathLike | None", train: bool,
     except (CorruptDatasetError, pickle.UnpicklingError) as exc:
         # UnpicklingError: a py-layout batch that is truncated, random bytes or a
         # pickle calling a forbidden global (refused before anything ran)
-        raise CLIError(f"CIFAR-10 under {root} is damaged: {one_line(str(exc))} "
-                       f"(delete that file's folder and unpack or --download CIFAR-10 "
-                       f"again)") from None
+        detail = one_line(str(exc))
+        advice = "" if "again" in detail else (
+            "; delete its folder and unpack the official archive again (or rerun with "
+            "--download)")
+        raise CLIError(f"CIFAR-10 is damaged: {detail}{advice}") from None
 
 
 def build_augment(kind: str, image_size: int = 32) -> "aug.Augmentation | None":

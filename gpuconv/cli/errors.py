@@ -25,7 +25,8 @@ from typing import Iterator
 from ..data.datasets import CorruptDatasetError, DatasetNotFoundError
 
 __all__ = ["CLIError", "user_error_message", "debug_enabled", "print_traceback",
-           "writing_to", "one_line", "ENVIRONMENT_ERRNOS"]
+           "writing_to", "one_line", "without_path", "check_writable_folder",
+           "ENVIRONMENT_ERRNOS"]
 
 #: OSError numbers that describe the user's environment, not a bug: a read-only
 #: or full file system, missing permissions, a path that is a file or a folder
@@ -50,6 +51,13 @@ class CLIError(Exception):
 def one_line(text: str) -> str:
     """``text`` with its lines joined by spaces (library messages may span lines)."""
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def without_path(detail: str, path: "str | os.PathLike") -> str:
+    """``detail`` without a leading ``"<path>: "`` (the library names the file in its
+    messages; the command's own message names it already)."""
+    prefix = f"{os.fspath(path)}: "
+    return detail[len(prefix):] if detail.startswith(prefix) else detail
 
 
 def os_error_message(exc: OSError) -> str:

@@ -39,7 +39,7 @@ from . import run_dir as rd
 from .common import (AUGMENT_CHOICES, CIFAR10_MEAN, CIFAR10_STD, DEVICE_ENV, CLIError,
                      build_augment, device_spec, eprint, load_cifar10, resolve_device,
                      split_indices)
-from .errors import check_writable_folder, writing_to
+from .errors import check_writable_folder, without_path, writing_to
 from ..models.presets import DEFAULT_PRESET, INPUT_SHAPE, PRESETS, build_preset
 from .report import build_report, collect_logits, format_report, write_plots
 
@@ -373,7 +373,8 @@ def _check_resume_checkpoint(out: Path) -> Any:
         return load_checkpoint(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CLIError(f"--resume {out}: {path} is damaged or not a gpuconv checkpoint "
-                       f"({exc}); start a new run instead") from None
+                       f"({without_path(str(exc), path)}); the run cannot be continued, "
+                       "start a new one") from None
 
 
 def run(args: argparse.Namespace) -> int:
