@@ -12,8 +12,9 @@
 # without it the training steps are skipped.
 #
 # Steps, each under its own `timeout` and all within GPU_CHECK_BUDGET seconds
-# (default 450: with the 15 s grace of a step killed at the deadline, under 8 minutes); a step that fails or runs out of time is
-# recorded and the next one runs:
+# (default 450; with the 15 s grace of a step killed at the deadline, under 8
+# minutes); a step that fails or runs out of time is recorded and the next one
+# runs:
 #   machine      machine.json, nvidia-smi.txt: GPU, driver, CUDA, CuPy, torch
 #   data         unpack / locate CIFAR-10 (CPU only)
 #   gpu-tests    python -m pytest -m gpu tests/   (NumPy vs CuPy parity, raw kernels)
