@@ -3,6 +3,9 @@
     python examples/train_cifar10.py            # data in $GPUCONV_DATA or ~/.cache/gpuconv
     GPUCONV_EXAMPLE_LIMIT=2000 GPUCONV_EXAMPLE_EPOCHS=1 python examples/train_cifar10.py
 
+The trained model goes to ``runs/example-cifar10/cifar10_cnn.npz`` under the current
+folder (``$GPUCONV_EXAMPLE_OUT`` picks another folder).
+
 (The ``gpuconv train`` command does the same with more options and a run folder.)
 """
 import os
@@ -14,6 +17,7 @@ from gpuconv.layers import BatchNorm2d, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 
 limit = int(os.environ.get("GPUCONV_EXAMPLE_LIMIT", "50000"))
 epochs = int(os.environ.get("GPUCONV_EXAMPLE_EPOCHS", "10"))
+out = os.environ.get("GPUCONV_EXAMPLE_OUT", os.path.join("runs", "example-cifar10"))
 gpuconv.seed(0)
 device = gpuconv.get_device()                      # CUDA if available, else the CPU
 train = gpuconv.datasets.CIFAR10(train=True)       # download=True fetches it (170 MB)
@@ -37,4 +41,6 @@ scheduler = gpuconv.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs
 model.fit(train_loader, epochs, optimizer, gpuconv.losses.SoftmaxCrossEntropy(),
           val_data=test_loader, scheduler=scheduler, verbose=2)
 print("test:", model.evaluate(test_loader))
-model.save("cifar10_cnn.npz")                      # gpuconv.load_model("cifar10_cnn.npz")
+os.makedirs(out, exist_ok=True)
+model.save(os.path.join(out, "cifar10_cnn.npz"))   # gpuconv.load_model(...) reads it back
+print("model saved to", os.path.join(out, "cifar10_cnn.npz"))

@@ -301,12 +301,32 @@ def test_amp_update_of_master_weights_matches_float32(device, make_opt):
 
 # ---- fit ------------------------------------------------------------------------------------
 
+def amp_kwargs(model, device, scaler=None) -> dict:
+    """fit's mixed-precision arguments: ``amp=True`` off the CPU; on the CPU, where
+    ``amp=True`` is refused, the same float16 policy and scaler set up by hand."""
+    if device == "cpu":
+        enable_mixed_precision(model, "float16")
+        return {"grad_scaler": scaler or GradScaler()}
+    return {"amp": True, **({} if scaler is None else {"grad_scaler": scaler})}
+
+
+def test_fit_amp_true_is_refused_on_the_cpu():
+    """NumPy has no float16 BLAS: fit(amp=True) on the CPU says so instead of training
+    hundreds of times slower, and changes nothing."""
+    x, y = blob_images(32)
+    model = small_cnn()
+    with pytest.raises(ValueError, match="amp=True needs a CUDA device"):
+        model.fit(ArrayBatches(x, y, batch_size=16), 1, Adam(model, lr=0.01),
+                  SoftmaxCrossEntropy(), verbose=0, amp=True)
+    assert model.compute_dtype is None
+
+
 def test_fit_with_amp_learns(device):
     x, y = blob_images(96)
     model = small_cnn().to(device)
     history = model.fit(ArrayBatches(x, y, batch_size=32), 4, Adam(model, lr=0.01),
                         SoftmaxCrossEntropy(), val_data=ArrayBatches(x[:32], y[:32], 32),
-                        verbose=0, amp=True)
+                        verbose=0, **amp_kwargs(model, device))
     losses = history.history["loss"]
     assert losses[-1] < 0.7 * losses[0], losses
     assert all(math.isfinite(v) for v in losses + history.history["val_loss"])
@@ -327,7 +347,7 @@ def test_overflowing_steps_are_skipped_not_nan_errors(device):
     opt = Adam(model, lr=0.01)
     scaler = GradScaler(init_scale=2.0 ** 40)
     history = model.fit(ArrayBatches(x, y, batch_size=16), 1, opt, SoftmaxCrossEntropy(),
-                        verbose=0, amp=True, grad_scaler=scaler)
+                        verbose=0, **amp_kwargs(model, device, scaler))
     assert history.records[0]["amp_skipped"] == 3 and opt.step_count == 0
     assert scaler.scale == 2.0 ** 37
     after = host(model)
@@ -346,7 +366,7 @@ def test_checkpoint_resume_restores_the_scaler(tmp_path):
         scaler = GradScaler(init_scale=2.0 ** 20, growth_interval=3)
         opt = Adam(model, lr=0.01)
         model.fit(ArrayBatches(x, y, batch_size=16), epochs, opt, SoftmaxCrossEntropy(),
-                  verbose=0, amp=True, grad_scaler=scaler, **kwargs)
+                  verbose=0, **amp_kwargs(model, "cpu", scaler), **kwargs)
         return model, scaler
 
     full_model, full_scaler = run(3)

@@ -26,7 +26,9 @@ def test_train_cifar10_example(tmp_path):
     out = _run("train_cifar10.py", tmp_path, GPUCONV_DATA=str(data),
                GPUCONV_EXAMPLE_LIMIT="200", GPUCONV_EXAMPLE_EPOCHS="1")
     assert "Epoch 1/1" in out and "test:" in out
-    assert (tmp_path / "cifar10_cnn.npz").is_file()
+    # the model goes to its run folder, not loose into the current one
+    assert (tmp_path / "runs" / "example-cifar10" / "cifar10_cnn.npz").is_file()
+    assert not (tmp_path / "cifar10_cnn.npz").exists()
 
 
 def test_custom_layer_example(tmp_path):

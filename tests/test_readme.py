@@ -23,3 +23,35 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
     x = namespace["data"].images[:8].astype("float32") / 255
     import numpy
     numpy.testing.assert_array_equal(model.predict(x), same.predict(x))
+
+
+REPO = README.parent
+DOCS = [README, REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").rglob("*.md")),
+        *sorted((REPO / "docs").rglob("*.txt"))]
+
+
+def test_readme_speaks_of_the_project_only():
+    """No pointers outside the repository, no words about how the project was built."""
+    for path in DOCS:
+        text = path.read_text()
+        for phrase in ("../shared", "make_cifar10", "this session", "seed PyTorch report",
+                       "benchmarks issue", "issue note", "development machine",
+                       "this repository's workspace"):
+            assert phrase not in text, f"{path.name}: {phrase!r}"
+
+
+def test_readme_install_lines_match_pyproject_and_ci():
+    """README's test line is the one .ci/run runs, its CPU-only PyTorch line pins the
+    same torch as the test extra, and the example's line count is right."""
+    text = README.read_text()
+    lines = text.splitlines()
+    test_lines = [line for line in lines if line.startswith('pip install -e ".[test')]
+    assert test_lines, "README lost its test command"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert r"""'^pip install -e "\.\[test'""" in ci
+    pin = re.search(r'"torch==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    cpu = [line for line in lines if line.startswith("pip install torch==")]
+    assert cpu == [f"pip install torch=={pin} --index-url https://download.pytorch.org/whl/cpu"]
+    assert r"download\.pytorch\.org/whl/cpu" in ci  # .ci/run installs it first
+    n = len((REPO / "examples" / "train_cifar10.py").read_text().splitlines())
+    assert f"{n}-line CIFAR-10 script" in text

@@ -13,6 +13,7 @@ from .devices import (
     Array,
     Backend,
     Device,
+    DeviceUnavailableError,
     backend_of_module,
     cuda_is_available,
     cuda_unavailable_reason,
@@ -29,7 +30,7 @@ from .random import (epoch_order, epoch_seed, generator, get_seed, get_state, ho
                      reseed_for_epoch, seed, set_state)
 
 __all__ = [
-    "Array", "Backend", "Device", "backend_of_module", "cuda_is_available",
+    "Array", "Backend", "Device", "DeviceUnavailableError", "backend_of_module", "cuda_is_available",
     "cuda_unavailable_reason", "device_of", "get_array_module", "get_device",
     "register_backend", "to_device", "to_numpy", "unregister_backend",
     "keep_freed_memory", "epoch_order", "epoch_seed", "generator", "get_seed", "get_state",

@@ -121,6 +121,19 @@ def cuda_unavailable_reason() -> str:
     return ""
 
 
+class DeviceUnavailableError(RuntimeError):
+    """A CUDA device was asked for where CUDA is not usable.
+
+    ``reason`` is the one-line cause (:func:`cuda_unavailable_reason`) without
+    advice, so that callers such as the command line can give their own
+    (a flag instead of a keyword argument).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Device:
     """A place arrays live: a backend name plus a device index."""
@@ -162,7 +175,7 @@ def get_device(spec: "str | Device | None" = None) -> Device:
     registered backend, a Device, or None (read ``GPUCONV_DEVICE``, default
     ``"auto"``). ``auto`` picks CUDA when it answers, else the CPU with a
     one-line notice on stderr. Asking for CUDA where there is none raises
-    RuntimeError with the reason.
+    :class:`DeviceUnavailableError` (a RuntimeError) with the reason.
     """
     global _notice_printed
     if isinstance(spec, Device):
@@ -180,10 +193,11 @@ def get_device(spec: "str | Device | None" = None) -> Device:
     device = _parse(spec)
     if device.kind == "cuda":
         if not cuda_is_available():
-            raise RuntimeError(
-                f"device {spec!r} was requested but CUDA is not usable: "
-                f"{cuda_unavailable_reason()}. Use device='cpu' or install "
-                "gpuconv[cuda12] on a machine with an NVIDIA GPU.")
+            reason = cuda_unavailable_reason()
+            raise DeviceUnavailableError(
+                f"device {spec!r} was requested but CUDA is not usable: {reason}. Use "
+                "device='cpu' or install gpuconv[cuda12] on a machine with an NVIDIA GPU.",
+                reason)
         count = _cupy.cuda.runtime.getDeviceCount()
         if device.index >= count:
             raise RuntimeError(f"device {spec!r} was requested but only {count} "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from typing import Sequence
 
@@ -50,6 +52,31 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text}")
+    return value
+
+
+#: ``$GPUCONV_DEVICE`` values -> --device (the bench runs on device 0 of a kind).
+_ENV_DEVICES = {"auto": "all", "cpu": "cpu", "cuda": "cuda", "cuda:0": "cuda"}
+
+
+def _default_device() -> str:
+    """``--device`` when not given: ``$GPUCONV_DEVICE`` (auto = all), else all."""
+    env = os.environ.get("GPUCONV_DEVICE", "").strip().lower()
+    if not env:
+        return "all"
+    if env not in _ENV_DEVICES:
+        raise ValueError(f"GPUCONV_DEVICE={env}: the benchmark runs on cpu, cuda (device 0) "
+                         "or all; pass --device")
+    return _ENV_DEVICES[env]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's flags to ``parser``."""
     parser.add_argument("--quick", action="store_true",
@@ -62,11 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workloads", nargs="+", metavar="PATTERN",
                         help="only workloads whose name contains PATTERN (or matches it as a "
                              "glob), e.g. conv seed-cnn 'dense*'; see --list")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default="all",
-                        help="cpu, cuda or all (default: all available)")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=None,
+                        help="cpu, cuda or all (default: $GPUCONV_DEVICE when set, else all "
+                             "available)")
     parser.add_argument("--reps", type=_positive, help="timed repetitions per row (default 10)")
     parser.add_argument("--warmup", type=_positive, help="warm-up runs per row (default 2)")
-    parser.add_argument("--cooldown", type=float, metavar="SECONDS",
+    parser.add_argument("--cooldown", type=_seconds, metavar="SECONDS",
                         help="untimed pause before each switch of backend on the CPU, so one "
                              "library's spinning threads do not slow the next (default 0.25)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
@@ -91,7 +119,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     batches, reps, warmup, peak_size, peak_reps = preset
     return BenchConfig(
         batch_sizes=tuple(_int_list(args.batch_sizes)) if args.batch_sizes else batches,
-        reps=args.reps or reps, warmup=args.warmup or warmup, device=args.device,
+        reps=args.reps or reps, warmup=args.warmup or warmup,
+        device=args.device or _default_device(),
         workloads=tuple(p for w in (args.workloads or []) for p in w.split(",")),
         tiny=args.tiny, quick=args.quick, use_torch=not args.no_torch,
         reference=args.reference, peak_size=args.peak_size or peak_size, peak_reps=peak_reps,

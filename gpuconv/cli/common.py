@@ -3,38 +3,27 @@ device resolution."""
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy
 
-from ..backend import Device, get_device
+from ..backend import Device, DeviceUnavailableError, get_device
 from ..data import augment as aug
 from ..data.datasets import CIFAR10, CorruptDatasetError, DatasetNotFoundError, default_root
 from ..data.datasets.cifar import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+from .errors import CLIError, one_line
 
 __all__ = ["CLIError", "data_root", "load_cifar10", "build_augment", "AUGMENT_CHOICES",
-           "resolve_device", "eprint", "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD"]
+           "device_spec", "resolve_device", "eprint", "CIFAR10_CLASSES", "CIFAR10_MEAN",
+           "CIFAR10_STD", "DEVICE_ENV"]
+
+#: The environment variable that picks the device when ``--device`` is not given.
+DEVICE_ENV = "GPUCONV_DEVICE"
 
 AUGMENT_CHOICES = ("none", "basic", "full")
-
-def _make_script_hint() -> str:
-    """A hint to build CIFAR-10 with the workspace's make_cifar10.py, when that script exists
-    next to the repository (development checkouts)."""
-    script = Path(__file__).resolve().parents[3] / "shared" / "data" / "make_cifar10.py"
-    if script.is_file():
-        return (f"\nTo build it from the local JPEG archive instead: python3 {script} DIR "
-                "(then pass --data-dir DIR).")
-    return ""
-
-class CLIError(Exception):
-    """A user-facing error: printed as one message (no traceback), exit code ``code``."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 def eprint(*args: Any) -> None:
     """print to stderr, flushed."""
@@ -61,11 +50,15 @@ def load_cifar10(data_dir: "str | os.PathLike | None", train: bool,
             f"so that {root / 'cifar-10-batches-py' / 'data_batch_1'} exists (the binary "
             f"version, {root / 'cifar-10-batches-bin' / 'data_batch_1.bin'}, works too)"
             + ("" if download else ", or rerun with --download to fetch it (about 170 MB)")
-            + ".\nTo use another folder pass --data-dir DIR or set GPUCONV_DATA=DIR."
-            + _make_script_hint()) from None
-    except CorruptDatasetError as exc:
-        raise CLIError(f"the CIFAR-10 files under {root} are damaged: {exc}\n"
-                       "Delete the folder and unpack/download the dataset again.") from None
+            + ".\nTo use another folder pass --data-dir DIR or set GPUCONV_DATA=DIR.") from None
+    except (CorruptDatasetError, pickle.UnpicklingError) as exc:
+        # UnpicklingError: a py-layout batch that is truncated, random bytes or a
+        # pickle calling a forbidden global (refused before anything ran)
+        detail = one_line(str(exc))
+        advice = "" if "again" in detail else (
+            "; delete its folder and unpack the official archive again (or rerun with "
+            "--download)")
+        raise CLIError(f"CIFAR-10 is damaged: {detail}{advice}") from None
 
 
 def build_augment(kind: str, image_size: int = 32) -> "aug.Augmentation | None":
@@ -82,12 +75,34 @@ def build_augment(kind: str, image_size: int = 32) -> "aug.Augmentation | None":
     raise CLIError(f"unknown --augment {kind!r}; choose one of {', '.join(AUGMENT_CHOICES)}")
 
 
-def resolve_device(spec: str | None) -> Device:
-    """``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` -> Device, as a CLIError when unusable."""
+def device_spec(flag: str | None) -> tuple[str, str]:
+    """(device spec, where it came from): ``--device`` when given, else
+    ``$GPUCONV_DEVICE`` when set, else ``auto``."""
+    if flag:
+        return flag, f"--device {flag}"
+    env = os.environ.get(DEVICE_ENV, "").strip()
+    if env:
+        return env, f"{DEVICE_ENV}={env}"
+    return "auto", "--device auto"
+
+
+def resolve_device(spec: str | None, source: str | None = None) -> Device:
+    """``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` -> Device, as a CLIError when unusable.
+
+    ``spec`` None: :func:`device_spec` (``$GPUCONV_DEVICE``, else auto).
+    ``source`` names the flag or variable in messages (default ``--device SPEC``).
+    """
+    if spec is None:
+        spec, source = device_spec(None)
+    source = source or f"--device {spec}"
     try:
-        return get_device(spec or "auto")
+        return get_device(spec)
+    except DeviceUnavailableError as exc:
+        raise CLIError(f"{source}: CUDA is not usable here ({exc.reason}); use --device "
+                       "cpu, or install gpuconv[cuda12] (or [cuda13]) on a machine with an "
+                       "NVIDIA GPU") from None
     except (RuntimeError, ValueError) as exc:
-        raise CLIError(f"--device {spec}: {exc}") from None
+        raise CLIError(f"{source}: {exc}") from None
 
 
 def split_indices(n: int, val: int, seed: int, limit: int | None = None

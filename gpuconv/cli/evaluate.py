@@ -21,9 +21,11 @@ from ..data.datasets import ArrayDataset
 from ..data.loader import DataLoader
 from ..models import load_model
 from ..training.console import terminal_width
+from . import argtypes
 from . import run_dir as rd
-from .common import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CLIError, load_cifar10,
-                     resolve_device)
+from .common import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, DEVICE_ENV, CLIError,
+                     load_cifar10, resolve_device)
+from .errors import check_writable_folder, without_path, writing_to
 from .report import build_report, collect_logits, format_report, plot_confusion
 
 __all__ = ["add_parser", "run", "resolve_model_path", "load_cli_model", "preprocessing"]
@@ -41,9 +43,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="CIFAR-10 root; default: the run's data folder if it still exists, "
                         "else $GPUCONV_DATA, else ~/.cache/gpuconv")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--download", action="store_true",
+                   help="download CIFAR-10 (MD5-checked, about 170 MB) into the data root if "
+                        "it is missing")
+    p.add_argument("--device", default=None,
+                   help=f"auto, cpu, cuda or cuda:N (default ${DEVICE_ENV} when set, else auto)")
+    p.add_argument("--batch-size", type=argtypes.integer(1), default=256,
+                   help="evaluation batch size")
+    p.add_argument("--limit", type=argtypes.integer(1), default=None,
+                   help="use only the first N test images")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--out", default=None,
                    help="also write report.json, report.txt and confusion.png into this folder")
@@ -61,7 +69,10 @@ def resolve_model_path(path: "str | os.PathLike") -> Path:
                 return path / name
         raise CLIError(f"{path} holds neither {rd.MODEL} nor {rd.CHECKPOINT}")
     if not path.exists():
-        raise CLIError(f"{path}: no such file")
+        raise CLIError(f"{path}: no such file or folder")
+    if not path.is_file():
+        raise CLIError(f"{path}: not a regular file (expected model.npz, checkpoint.npz or "
+                       "a run folder)")
     return path
 
 
@@ -70,7 +81,7 @@ def load_cli_model(path: "str | os.PathLike", device: Device) -> Any:
     try:
         return load_model(path, device=device)
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise CLIError(f"cannot load a model from {path}: {exc}") from None
+        raise CLIError(f"{path}: cannot load a model: {without_path(str(exc), path)}") from None
 
 
 def preprocessing(config: dict | None) -> tuple[list[str], tuple, tuple, tuple[int, ...]]:
@@ -85,9 +96,9 @@ def preprocessing(config: dict | None) -> tuple[list[str], tuple, tuple, tuple[i
 
 def run(args: argparse.Namespace) -> int:
     """Run ``gpuconv evaluate``; returns the exit code."""
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
-        raise CLIError("--batch-size and --limit must be positive")
     path = resolve_model_path(args.model)
+    if args.out:
+        check_writable_folder(args.out, "--out")  # before the work, not after it
     device = resolve_device(args.device)
     model = load_cli_model(path, device)
     config = rd.find_config(path)
@@ -97,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         saved = (config.get("data") or {}).get("root")
         if saved and Path(saved).is_dir():
             data_dir = saved
-    test = load_cifar10(data_dir, train=False)
+    test = load_cifar10(data_dir, train=False, download=args.download)
     if len(test.classes) != len(classes):
         raise CLIError(f"the model's run has {len(classes)} classes, the test set "
                        f"{len(test.classes)}")
@@ -117,11 +128,12 @@ def run(args: argparse.Namespace) -> int:
     text = format_report(report, f"Test set ({path})")
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        rd.write_json(out / rd.REPORT_JSON, {k: v for k, v in report.items() if k != "text"})
-        rd.write_text(out / rd.REPORT_TXT, text)
-        plot_confusion(report["confusion_matrix"], classes, out / rd.CONFUSION_PNG,
-                       f"Confusion matrix (test accuracy {report['accuracy']:.3f})")
+        with writing_to(out, "--out"):
+            out.mkdir(parents=True, exist_ok=True)
+            rd.write_json(out / rd.REPORT_JSON, {k: v for k, v in report.items() if k != "text"})
+            rd.write_text(out / rd.REPORT_TXT, text)
+            plot_confusion(report["confusion_matrix"], classes, out / rd.CONFUSION_PNG,
+                           f"Confusion matrix (test accuracy {report['accuracy']:.3f})")
     if args.json:
         print(json.dumps(report, indent=2))
     else:  # report.txt keeps 80 columns; the terminal gets its own width

@@ -31,9 +31,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .. import __version__
+from ..amp import AMP_CPU_REASON
 from ..backend import Device, seed as seed_all
 from ..data.datasets import ArrayDataset
 from ..data.loader import DataLoader
@@ -45,14 +46,18 @@ from ..training.console import terminal_width, wrap_text
 from ..training.interrupts import TrainingInterrupted, forward_to_sigint
 from ..optim import SGD, Adam, AdamW, RMSprop
 from ..optim import lr_scheduler as sched
+from ..io.checkpoint import load_checkpoint, restore_model
 from ..models import load_model
 from ..training.summary import count_parameters
+from . import argtypes
 from . import run_dir as rd
-from .common import (AUGMENT_CHOICES, CIFAR10_MEAN, CIFAR10_STD, CLIError, build_augment,
-                     eprint, load_cifar10, resolve_device, split_indices)
+from .common import (AUGMENT_CHOICES, CIFAR10_MEAN, CIFAR10_STD, DEVICE_ENV, CLIError,
+                     build_augment, device_spec, eprint, load_cifar10, resolve_device,
+                     split_indices)
+from .errors import check_writable_folder, without_path, writing_to
 from ..models.presets import (DEFAULT_PRESET, INPUT_SHAPE, PRESET_HELP, PRESET_HELP_NOTE, PRESETS,
                               build_preset)
-from .recipe import RECIPES, airbench_run, recipe_settings
+from .recipe import AIRBENCH_SETTINGS, RECIPES, airbench_run, recipe_settings
 from .report import build_report, collect_logits, format_report, write_plots
 
 __all__ = ["add_parser", "run", "DEFAULTS", "RESUME_OVERRIDABLE"]
@@ -93,48 +98,41 @@ DEFAULTS: dict[str, Any] = {
     "tta": False,
 }
 
-#: Why ``--amp`` is refused on the CPU (measured on this project's 2-core Xeon VM,
-#: NumPy 2.4 + OpenBLAS: a 512x512 @ 512x512 matmul takes 2.4 ms in float32 and
-#: 0.66-1.1 s in float16, about 300-450x slower).
-AMP_CPU_MESSAGE = (
-    "--amp needs a CUDA device: mixed precision computes the convolutions and dense layers "
-    "in float16, and NumPy has no BLAS for float16 (a 512x512 float16 matmul measured "
-    "~300x slower than float32 on the CPU). Use --device cuda, or drop --amp.")
+#: Why ``--amp`` is refused on the CPU (the library's reason, :data:`AMP_CPU_REASON`,
+#: with the flags to change instead of Python arguments).
+AMP_CPU_MESSAGE = f"--amp needs a CUDA device: {AMP_CPU_REASON}. Use --device cuda, or drop --amp."
 
 #: Settings a ``--resume`` may change (everything else comes from the run's config.json).
 RESUME_OVERRIDABLE = ("epochs", "data_dir", "download", "device", "eval_batch_size",
                       "checkpoint_every")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+#: The validator of every numeric setting: the flag's ``type=`` and the check of the
+#: settings a ``--resume`` reads back from config.json.
+VALIDATORS: dict[str, Callable[[str], Any]] = {
+    "epochs": argtypes.whole_or_real(0),  # a fraction cuts the last epoch short
+    "width": argtypes.real(0, low_open=True),
+    "batch_size": argtypes.integer(1),
+    "lr": argtypes.real(0, low_open=True),
+    "weight_decay": argtypes.real(0),
+    "momentum": argtypes.real(0, 1, high_open=True),
+    "label_smoothing": argtypes.real(0, 1),
+    "step_size": argtypes.integer(1),
+    "gamma": argtypes.real(0, low_open=True),
+    "patience": argtypes.integer(0),
+    "val_split": argtypes.count_or_fraction,
+    "limit": argtypes.integer(1),
+    "test_limit": argtypes.integer(1),
+    "seed": argtypes.integer(0, argtypes.SEED_MAX),
+    "eval_batch_size": argtypes.integer(1),
+}
 
-
-def _positive_number(text: str) -> float | int:
-    value = float(text)
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return int(value) if value == int(value) else value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _val_split(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    if value >= 1 and value != int(value):
-        raise argparse.ArgumentTypeError(f"must be a count (>= 1) or a fraction in [0, 1), "
-                                         f"got {text}")
-    return int(value) if value >= 1 else value
+#: The allowed values of every choice setting (flag ``choices=`` and the resume check).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model": tuple(sorted(PRESETS)), "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+    "monitor": MONITORS, "augment": AUGMENT_CHOICES, "dtype": ("float32", "float64"),
+    "recipe": RECIPES,
+}
 
 
 def _checkpoint_every(text: str) -> str:
@@ -184,7 +182,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d = DEFAULTS
     g = p.add_argument_group("model and data")
     # metavars instead of {choice,...} lists keep the usage lines inside 60 columns
-    g.add_argument("--model", choices=sorted(PRESETS), default=None, metavar="PRESET",
+    g.add_argument("--model", choices=CHOICES["model"], default=None, metavar="PRESET",
                    help=f"model preset: {', '.join(sorted(PRESETS))} (default {d['model']}; "
                         "see the list below)")
     g.add_argument("--data-dir", default=None,
@@ -192,67 +190,68 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "$GPUCONV_DATA, else ~/.cache/gpuconv")
     g.add_argument("--download", action="store_true", default=None,
                    help="download CIFAR-10 into the data root if it is missing")
-    g.add_argument("--augment", choices=AUGMENT_CHOICES, default=None,
+    g.add_argument("--augment", choices=CHOICES["augment"], default=None,
                    help="none; basic = random crop (pad 4) + horizontal flip; full = basic + "
                         f"colour jitter, rotation, cutout (default {d['augment']})")
-    g.add_argument("--val-split", type=_val_split, default=None,
+    g.add_argument("--val-split", type=VALIDATORS["val_split"], default=None,
                    help="training images held out for validation: a count or a fraction "
                         f"(default {d['val_split']}; 0 = no validation)")
-    g.add_argument("--limit", type=_positive_int, default=None,
+    g.add_argument("--limit", type=VALIDATORS["limit"], default=None,
                    help="use only N training images (after the validation split)")
-    g.add_argument("--test-limit", type=_positive_int, default=None,
+    g.add_argument("--test-limit", type=VALIDATORS["test_limit"], default=None,
                    help="report on only the first N test images")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=_positive_number, default=None,
+    g.add_argument("--epochs", type=VALIDATORS["epochs"], default=None,
                    help=f"maximum number of epochs (default {d['epochs']}); a fraction cuts "
                         "the last one short: 9.9 trains 9.9 epochs' worth of batches")
-    g.add_argument("--recipe", choices=RECIPES, default=None,
+    g.add_argument("--recipe", choices=CHOICES["recipe"], default=None,
                    help="a complete training recipe: airbench = airbench94 (model, optimizer, "
                         "schedule, augmentation, 9.9 epochs, TTA; see README) (default none)")
-    g.add_argument("--width", type=_positive_number, default=None,
+    g.add_argument("--width", type=VALIDATORS["width"], default=None,
                    help="channel multiplier of presets that have one (airbench; default 1)")
     g.add_argument("--tta", action="store_true", default=None,
                    help="test report with test-time augmentation (mirror + 1-pixel shifts, "
                         "6 views; on with --recipe airbench)")
-    g.add_argument("--batch-size", type=_positive_int, default=None,
+    g.add_argument("--batch-size", type=VALIDATORS["batch_size"], default=None,
                    help=f"training batch size (default {d['batch_size']})")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None, metavar="NAME",
+    g.add_argument("--optimizer", choices=CHOICES["optimizer"], default=None, metavar="NAME",
                    help=f"optimizer: {', '.join(OPTIMIZERS)} (default {d['optimizer']})")
-    g.add_argument("--lr", type=_non_negative_float, default=None,
+    g.add_argument("--lr", type=VALIDATORS["lr"], default=None,
                    help=f"learning rate (peak lr for onecycle; default {d['lr']})")
-    g.add_argument("--weight-decay", type=_non_negative_float, default=None,
+    g.add_argument("--weight-decay", type=VALIDATORS["weight_decay"], default=None,
                    help=f"weight decay (decoupled for adamw; default {d['weight_decay']})")
-    g.add_argument("--momentum", type=_non_negative_float, default=None,
+    g.add_argument("--momentum", type=VALIDATORS["momentum"], default=None,
                    help="momentum for sgd (default 0.9) and rmsprop (default 0)")
-    g.add_argument("--label-smoothing", type=_non_negative_float, default=None,
+    g.add_argument("--label-smoothing", type=VALIDATORS["label_smoothing"], default=None,
                    help=f"label smoothing of the cross-entropy (default {d['label_smoothing']})")
-    g.add_argument("--schedule", choices=SCHEDULES, default=None, metavar="NAME",
+    g.add_argument("--schedule", choices=CHOICES["schedule"], default=None, metavar="NAME",
                    help="lr schedule: plateau = ReduceLROnPlateau(factor 0.5, patience 3, "
                         "min_lr 1e-6) on val_loss; cosine = cosine annealing over the epochs; "
                         "onecycle = one-cycle per batch; step = StepLR(--step-size, --gamma); "
                         f"none (default {d['schedule']})")
-    g.add_argument("--step-size", type=_positive_int, default=None,
+    g.add_argument("--step-size", type=VALIDATORS["step_size"], default=None,
                    help=f"epochs per lr step for --schedule step (default {d['step_size']})")
-    g.add_argument("--gamma", type=_non_negative_float, default=None,
+    g.add_argument("--gamma", type=VALIDATORS["gamma"], default=None,
                    help=f"lr factor per step for --schedule step (default {d['gamma']})")
-    g.add_argument("--patience", type=int, default=None,
+    g.add_argument("--patience", type=VALIDATORS["patience"], default=None,
                    help="early stopping: epochs without improvement of --monitor before "
                         f"stopping (best weights restored); 0 disables (default {d['patience']})")
-    g.add_argument("--monitor", choices=MONITORS, default=None, metavar="METRIC",
+    g.add_argument("--monitor", choices=CHOICES["monitor"], default=None, metavar="METRIC",
                    help=f"metric for early stopping and the best model: "
                         f"{' or '.join(MONITORS)} (default {d['monitor']})")
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None,
-                   help="auto, cpu, cuda or cuda:N (default auto: CUDA when available)")
-    g.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help=f"auto, cpu, cuda or cuda:N (default ${DEVICE_ENV} when set, else "
+                        "auto: CUDA when available)")
+    g.add_argument("--dtype", choices=CHOICES["dtype"], default=None,
                    help=f"parameter and input dtype (default {d['dtype']})")
     g.add_argument("--amp", action="store_true", default=None,
                    help="float16 mixed precision with float32 master weights and dynamic "
                         "loss scaling (CUDA devices only)")
-    g.add_argument("--seed", type=int, default=None,
+    g.add_argument("--seed", type=VALIDATORS["seed"], default=None,
                    help=f"seed of weights, shuffling, augmentation and the validation split "
                         f"(default {d['seed']})")
-    g.add_argument("--eval-batch-size", type=_positive_int, default=None,
+    g.add_argument("--eval-batch-size", type=VALIDATORS["eval_batch_size"], default=None,
                    help=f"batch size for validation and test (default {d['eval_batch_size']})")
     g.add_argument("--out", default=None,
                    help="run folder (default runs/<timestamp>-<model>)")
@@ -282,9 +281,32 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in DEFAULTS if getattr(args, k, None) is not None}
 
 
+def _check_saved_settings(settings: dict, where: Path) -> None:
+    """Refuse a resumed run whose config.json holds a setting no flag could have set."""
+    for name, parse in VALIDATORS.items():
+        if settings.get(name) is not None:
+            try:
+                settings[name] = argtypes.check_value(name, settings[name], parse)
+            except ValueError as exc:
+                raise CLIError(f"--resume: {where}: {exc}") from None
+    recipe = AIRBENCH_SETTINGS if settings.get("recipe") == "airbench" else {}
+    for name, allowed in CHOICES.items():
+        if name in recipe:  # the recipe's own pieces ("schedule": "airbench", ...)
+            allowed = (*allowed, recipe[name])
+        if settings.get(name) not in allowed:
+            raise CLIError(f"--resume: {where}: setting {name!r} is {settings.get(name)!r}, "
+                           f"expected one of {', '.join(allowed)}")
+
+
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path, dict | None]:
-    """(settings, run folder, previous config or None) for a new or resumed run."""
+    """(settings, run folder, previous config or None) for a new or resumed run.
+
+    The device: ``--device``, else ``$GPUCONV_DEVICE``, else (new run) auto or
+    (resumed run) the run's own setting.
+    """
     given = _given(args)
+    if "device" not in given and device_spec(None)[0] != "auto":
+        given["device"] = device_spec(None)[0]
     if args.resume is None:
         settings = recipe_settings(DEFAULTS, given)
         if settings["data_dir"] is not None:
@@ -310,7 +332,11 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path, di
             f"--resume {out}: no {rd.CHECKPOINT} there: the run stopped or failed before "
             "its first checkpoint. Start it over in the same folder (its files are deleted) "
             "with:", _Command(_restart_command(out, previous))))
-    settings = {**DEFAULTS, **previous.get("settings", {})}
+    saved = previous.get("settings", {})
+    if not isinstance(saved, dict):
+        raise CLIError(f"--resume: {out / rd.CONFIG}: 'settings' is not a JSON object")
+    settings = {**DEFAULTS, **saved}
+    _check_saved_settings(settings, out / rd.CONFIG)
     changed = sorted(k for k, v in given.items() if k not in RESUME_OVERRIDABLE
                      and v != settings.get(k))
     if changed:
@@ -500,23 +526,52 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 # ---- the command ------------------------------------------------------------------------
+def _device_source(args: argparse.Namespace, settings: dict) -> str:
+    """Where the device setting came from, for messages."""
+    if getattr(args, "device", None):
+        return f"--device {args.device}"
+    spec, source = device_spec(None)
+    return source if spec == settings["device"] else f"--device {settings['device']}"
+
+
+def _check_resume_checkpoint(out: Path) -> Any:
+    """The run's checkpoint, read before anything is written (a damaged one is refused
+    with the run folder untouched)."""
+    path = out / rd.CHECKPOINT
+    try:
+        return load_checkpoint(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"--resume {out}: {path} is damaged or not a gpuconv checkpoint "
+                       f"({without_path(str(exc), path)}); the run cannot be continued, "
+                       "start a new one") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``gpuconv train``; returns the exit code."""
     run_start = time.perf_counter()
     settings, out, previous = resolve_settings(args)
+    flag = "--out" if previous is None else "--resume"
+    check_writable_folder(out, flag)  # before any work: nothing is created yet
+    with writing_to(out, flag):
+        return _train(args, settings, out, previous, run_start)
+
+
+def _train(args: argparse.Namespace, settings: dict, out: Path, previous: dict | None,
+           run_start: float) -> int:
     quiet = bool(args.quiet)
     if previous is not None:
         finished = _finished(out, settings)
         if finished is not None:  # no second test evaluation, no new config entry
             print(finished)
             return 0
-    device = resolve_device(settings["device"])
+    device = resolve_device(settings["device"], _device_source(args, settings))
     if settings["amp"]:
         if device.kind == "cpu":
             raise CLIError(AMP_CPU_MESSAGE)
         if settings["dtype"] != "float32":
             raise CLIError(f"--amp keeps float32 master weights; it cannot be combined with "
                            f"--dtype {settings['dtype']}")
+    saved = None if previous is None else _check_resume_checkpoint(out)
     data = _Data(settings)
 
     seed_all(int(settings["seed"]))
@@ -537,13 +592,22 @@ def run(args: argparse.Namespace) -> int:
         val_loader = None if data.val is None else _loader(data.val, settings, device,
                                                            train=False)
         test_loader = _loader(data.test, settings, device, train=False)
-        optimizer = build_optimizer(settings, model)
-        scheduler = build_scheduler(settings, optimizer, len(train_loader))
-        loss = losses.SoftmaxCrossEntropy(label_smoothing=settings["label_smoothing"])
+        try:  # the library validates its arguments; the flags were checked already
+            optimizer = build_optimizer(settings, model)
+            scheduler = build_scheduler(settings, optimizer, len(train_loader))
+            loss = losses.SoftmaxCrossEntropy(label_smoothing=settings["label_smoothing"])
+        except ValueError as exc:
+            raise CLIError(f"invalid training settings: {exc}") from None
         epochs = math.ceil(settings["epochs"])
         max_steps = None if epochs == settings["epochs"] else \
             math.ceil(settings["epochs"] * len(train_loader))
         tta = 2 if settings["tta"] else 0
+    if saved is not None:
+        try:  # fit restores it again; this only checks it fits, before anything is written
+            restore_model(saved, model)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CLIError(f"--resume {out}: {out / rd.CHECKPOINT} does not fit the run's "
+                           f"model ({exc})") from None
 
     if previous is None and getattr(args, "overwrite", False) and (out / rd.CONFIG).exists():
         removed = rd.remove_run_files(out)  # only now: data and settings were fine
@@ -606,7 +670,7 @@ def run(args: argparse.Namespace) -> int:
         eprint(_interrupted_message(exc, out, len(train_loader)))
         return 130
     except FloatingPointError as exc:
-        raise CLIError(_failed_message(exc, out, config), code=1) from None
+        raise CLIError(_failed_message(exc, out, config)) from None  # the settings' doing: exit 2
     train_time = time.perf_counter() - start
 
     # Final report with the best model (model.npz: best value of the monitored metric),
@@ -675,7 +739,9 @@ def _interrupted_message(exc: TrainingInterrupted, out: Path, steps: int) -> str
 def _failed_message(exc: FloatingPointError, out: Path, config: dict) -> str:
     """A failed run (NaN/Inf loss or weights): its last good checkpoint and the ways on."""
     ckpt = _read_checkpoint(out / rd.CHECKPOINT)
-    parts: list[str] = [f"training failed: {exc}"]
+    # fit's own message ends in advice for Python callers (nan_policy=...): keep the cause
+    what = str(exc).split(";")[0].removeprefix("fit: ")
+    parts: list[str] = [f"training failed: {what}"]
     if ckpt is not None:
         parts += [f"The run folder keeps its last good checkpoint ({ckpt.describe()}). "
                   "Resume from it with:", _Command(f"gpuconv train --resume {out}"),

@@ -81,13 +81,28 @@ def read_npz(path: "str | os.PathLike", what: str = "archive") -> dict[str, nump
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder, not a gpuconv {what} file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    # Check the format first: for anything else numpy.load guesses "a pickle" and
+    # advises allow_pickle=True, which is wrong for a damaged file and unsafe.
+    if magic == b"\x93NUMPY":
+        raise ValueError(f"{path}: a single .npy array, not an .npz archive; not a gpuconv "
+                         f"{what} file")
+    if magic[:1] == b"\x80" and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise ValueError(f"{path}: a Python pickle, not a gpuconv {what} file; refused "
+                         "(it was not unpickled)")
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise ValueError(f"{path}: not a gpuconv {what} file (not an .npz archive: "
+                         f"{'empty' if not magic else 'unknown content'})")
     try:
         archive = numpy.load(path, allow_pickle=False)
     except ValueError as exc:  # pickled file, or an unreadable header
         raise ValueError(f"{path}: refused to load {what}: {exc}") from None
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: not a readable .npz {what} ({type(exc).__name__}: "
-                         f"{exc})") from None
+        raise ValueError(f"{path}: not a readable .npz {what}, the file is truncated or "
+                         f"corrupt ({type(exc).__name__}: {exc})") from None
     if not isinstance(archive, NpzFile):
         raise ValueError(f"{path}: not an .npz {what} (found a single "
                          f"{type(archive).__name__})")

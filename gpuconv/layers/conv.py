@@ -163,8 +163,19 @@ class Conv2D(_Conv):
     (float16 compute under a mixed-precision policy, see :mod:`gpuconv.amp`).
 
     ``weight`` (C_out, C_in, KH, KW), ``bias`` (C_out,). ``padding`` is an
-    int, a (ph, pw) tuple, ``"valid"`` (0) or ``"same"`` (output size
-    ``ceil(H / stride)``; equals PyTorch's 'same' for stride 1).
+    int, a (ph, pw) tuple, ``"valid"`` (0) or ``"same"``.
+
+    ``padding="same"`` follows TensorFlow/Keras: the output has
+    ``ceil(H / stride)`` rows (and ``ceil(W / stride)`` columns), and the total
+    padding ``max((OH - 1) * stride + dilation * (KH - 1) + 1 - H, 0)`` is split
+    with the odd pixel after (bottom, right). With stride 1 this is PyTorch's
+    ``padding="same"``. With stride > 1 it is not the symmetric
+    ``(K - 1) // 2`` padding that PyTorch models (``padding=1`` for 3x3) and
+    other from-scratch frameworks use before subsampling: a 3x3 stride-2
+    convolution of a 32x32 image pads 0 before and 1 after (windows centred on
+    pixels 1, 3, ..., 31) where ``padding=1`` pads 1 on both sides (centred on
+    0, 2, ..., 30): same output size, outputs one pixel apart. Pass the int
+    padding for the symmetric rule (e.g. to use weights trained with it).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
@@ -195,6 +206,9 @@ class Conv1D(_Conv):
     """1-D convolution: x (N, C_in, L) -> y (N, C_out, OL); ``weight`` (C_out, C_in, K).
 
     Runs as a 2-D convolution over a height-1 image (same kernels, same tests).
+    ``padding="same"`` is TensorFlow's rule, as for :class:`Conv2D`: ``ceil(L / stride)``
+    outputs, the odd padding element at the end; for stride > 1 that differs from the
+    symmetric ``(K - 1) // 2`` padding (``padding=(K - 1) // 2`` gives that one).
     """
 
     _spatial_dims = 1

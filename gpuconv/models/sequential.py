@@ -80,7 +80,9 @@ class Sequential(_Sequential):
           after fit) and scale the loss with a :class:`GradScaler` (a new one
           unless ``grad_scaler`` is given). Steps whose gradients overflow are
           skipped and counted in ``logs["amp_skipped"]``; ``logs["amp_scale"]``
-          is the scale. Meant for CUDA (NumPy float16 GEMMs are very slow).
+          is the scale. CUDA only: on the CPU (NumPy has no float16 BLAS) it
+          raises ValueError; there, set the policy by hand and pass a
+          ``grad_scaler`` to exercise the same path.
         - ``grad_scaler``: a :class:`gpuconv.amp.GradScaler` to use
           (its state is saved in checkpoints and restored on resume).
         - ``max_steps``: end training after this many batches in total

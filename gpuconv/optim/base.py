@@ -54,6 +54,7 @@ and every parameter with state counts ``step`` updates.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy
@@ -392,10 +393,16 @@ class Optimizer:
 
 def check_range(name: str, value: float, low: float, high: float | None = None,
                 open_high: bool = False) -> float:
-    """Validate a hyper-parameter: ``low <= value`` and ``value < high`` / ``<= high``."""
-    value = float(value)
-    bad = value < low or (high is not None and (value >= high if open_high else value > high))
+    """Validate a hyper-parameter: a finite number with ``low <= value`` and
+    ``value < high`` / ``<= high`` (NaN and infinities are refused: with them every
+    update is NaN). Returns it as a float; ValueError otherwise."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    bad = not math.isfinite(value) or value < low or \
+        (high is not None and (value >= high if open_high else value > high))
     if bad:
         bound = "" if high is None else (f" and < {high}" if open_high else f" and <= {high}")
-        raise ValueError(f"{name} must be >= {low}{bound}, got {value}")
+        raise ValueError(f"{name} must be a finite number >= {low}{bound}, got {value}")
     return value

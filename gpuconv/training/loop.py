@@ -75,7 +75,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ..backend import (Array, Device, device_of, get_array_module, get_device, keep_freed_memory,
                        reseed_for_epoch, set_state, to_numpy)
 from ..layers.base import Layer
-from ..amp import GradScaler, enable_mixed_precision, scaled_backward_step
+from ..amp import GradScaler, check_amp_device, enable_mixed_precision, scaled_backward_step
 from .batches import ArrayBatches, bind_device, check_batch
 from .callbacks import Callback, CallbackList, History
 from .checkpointing import DEFAULT_CHECKPOINT_EVERY, CheckpointEvery, partial_state
@@ -507,6 +507,7 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
     if grad_scaler is not None and not isinstance(grad_scaler, GradScaler):
         raise TypeError(f"fit: grad_scaler must be a gpuconv GradScaler, got {grad_scaler!r}")
     if amp:
+        check_amp_device(model_device(model))  # float16 on NumPy: hundreds of times slower
         enable_mixed_precision(model, "float16")
         if grad_scaler is None:
             grad_scaler = GradScaler()
