@@ -65,6 +65,15 @@ class _SamePad2d(torch.nn.Module):
         return torch.nn.functional.pad(x, (left, right, top, bottom))
 
 
+class _Multiply(torch.nn.Module):
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
 class _GlobalAvgPool(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
@@ -115,6 +124,8 @@ def build_module(spec: dict, dtype: torch.dtype) -> torch.nn.Module:
         "BatchNorm1d": lambda: torch.nn.BatchNorm1d(c["num_features"], c.get("eps", 1e-5),
                                                     c.get("momentum", 0.1), dtype=dtype),
         "ReLU": torch.nn.ReLU,
+        "GELU": lambda: torch.nn.GELU(approximate=c.get("approximate", "none")),
+        "Multiply": lambda: _Multiply(c["scale"]),
         "LeakyReLU": lambda: torch.nn.LeakyReLU(c.get("negative_slope", 0.01)),
         "Sigmoid": torch.nn.Sigmoid,
         "Tanh": torch.nn.Tanh,
@@ -131,7 +142,10 @@ def build_module(spec: dict, dtype: torch.dtype) -> torch.nn.Module:
     }
     if kind not in builders:
         raise NotImplementedError(f"torch reference: no translation for gpuconv layer {kind!r}")
-    return builders[kind]()
+    module = builders[kind]()
+    for name in spec.get("frozen", []):  # gpuconv's frozen parameters train neither here
+        module.get_parameter(name).requires_grad_(False)
+    return module
 
 
 def build_sequential(specs: list, dtype: torch.dtype) -> torch.nn.Sequential:

@@ -365,6 +365,9 @@ def test_torch_reference_builds_identical_architectures():
         theirs = ref.module.build_sequential(layers, torch.float32)
         assert sum(p.data.size for p in ours.parameters()) == \
             sum(p.numel() for p in theirs.parameters())
+        # frozen parameters (airbench's whitening weight, BatchNorm scales) train neither side
+        assert sum(p.data.size for p in ours.trainable_parameters()) == \
+            sum(p.numel() for p in theirs.parameters() if p.requires_grad)
         x = numpy.zeros((2,) + tuple(shape), dtype=numpy.float32)
         ours.eval()
         theirs.eval()

@@ -241,12 +241,16 @@ def _measure_all(config: BenchConfig, workloads: Sequence[Workload], devices: Se
                  groups: dict[str, list[Backend]], peaks: dict[str, dict],
                  log: Callable[[str], None]) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
-    total = sum(runs_on(w, d) for w in workloads for d in devices) * len(config.batch_sizes)
+    def batches(w: Workload) -> tuple[int, ...]:
+        return w.batch_sizes or tuple(config.batch_sizes)
+
+    total = sum(runs_on(w, d) * len(batches(w)) for w in workloads for d in devices)
     done = 0
     for workload in workloads:
-        for batch in config.batch_sizes:
+        reps = config.reps if workload.max_reps is None else min(config.reps, workload.max_reps)
+        for batch in batches(workload):
             for device in [d for d in devices if runs_on(workload, d)]:
-                rows = measure_group(workload, int(batch), groups[device], config.reps,
+                rows = measure_group(workload, int(batch), groups[device], reps,
                                      config.warmup, config.dtype, peaks[device]["gflops"],
                                      config.cooldown if device == "cpu" else 0.0)
                 results.extend(rows)

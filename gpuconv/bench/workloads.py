@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 
 import numpy
 
-from .presets import SEED_CNN, SEED_CNN_INPUT, seed_cnn_specs
+from .presets import AIRBENCH, SEED_CNN, SEED_CNN_INPUT, preset_specs, seed_cnn_specs
 from .stats import conv2d_flops, conv2d_output_size
 
 __all__ = ["MODES", "Workload", "conv_workloads", "layer_workloads", "model_workloads",
@@ -57,6 +57,8 @@ class Workload:
     description: str = ""
     source: str = "gpuconv.bench.workloads"
     devices: tuple[str, ...] | None = None  # the devices it runs on (None: all)
+    batch_sizes: tuple[int, ...] | None = None  # its own batch sizes (None: the run's)
+    max_reps: int | None = None  # at most this many timed repetitions (long steps)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -77,7 +79,8 @@ class Workload:
                 "output_shape": None if self.output_shape is None else list(self.output_shape),
                 "flops_per_sample": self.flops_per_sample, "description": self.description,
                 "source": self.source, "devices": None if self.devices is None else
-                list(self.devices), "layers": self.layers}
+                list(self.devices), "batch_sizes": None if self.batch_sizes is None else
+                list(self.batch_sizes), "max_reps": self.max_reps, "layers": self.layers}
 
 
 # ---- per-layer workloads ---------------------------------------------------------------
@@ -185,16 +188,42 @@ def model_workloads() -> list[Workload]:
         Workload(name=f"{SEED_CNN}:eval", group="model", mode="eval", layers=specs,
                  input_shape=SEED_CNN_INPUT, source=source,
                  description="seed CNN inference: forward in eval mode"),
+        *airbench_workloads(),
     ]
+
+
+AIRBENCH_WIDTHS = (1.0, 0.5)  # the published network and the width of the CPU run
+AIRBENCH_BATCHES = (256, 1024)  # airbench trains at 1024
+
+
+def airbench_workloads() -> list[Workload]:
+    """The airbench94 network (``--recipe airbench``) at full and half width: one
+    training step at batch 256 and 1024 (the generic train step: softmax cross-entropy
+    and Adam; airbench's own Nesterov SGD costs the same few elementwise passes)."""
+    out = []
+    for width in AIRBENCH_WIDTHS:
+        specs, source = preset_specs(AIRBENCH, NUM_CLASSES, width=width)
+        out.append(Workload(
+            name=f"{AIRBENCH}-w{width:g}:train", group="model", mode="train", layers=specs,
+            input_shape=SEED_CNN_INPUT, num_classes=NUM_CLASSES, source=source,
+            batch_sizes=AIRBENCH_BATCHES, max_reps=3,
+            description=f"airbench94 network at width {width:g} (GELU, frozen whitening "
+                        "conv, BatchNorm shifts only): training step at its own batch "
+                        "sizes 256 and 1024, at most 3 repetitions"))
+    return out
 
 
 def all_workloads(tiny: bool = False) -> list[Workload]:
     """Every workload: per-layer rows first, then the end-to-end ones.
 
     ``tiny`` shrinks the per-layer shapes; the seed CNN keeps its CIFAR-10
-    shape (only the batch size makes it small).
+    shape (only the batch size makes it small); the airbench rows, which run at
+    their own large batches, are left out.
     """
-    return layer_workloads(tiny) + model_workloads()
+    models = model_workloads()
+    if tiny:
+        models = [w for w in models if w.batch_sizes is None]
+    return layer_workloads(tiny) + models
 
 
 def select(workloads: Sequence[Workload], patterns: Iterable[str] | None) -> list[Workload]:
