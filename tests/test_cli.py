@@ -278,6 +278,24 @@ def test_evaluate_json_and_out(trained, cifar_dir, tmp_path, capsys):
     assert (out / "report.json").is_file() and (out / "report.txt").is_file()
 
 
+def test_evaluate_with_tta_scores_the_averaged_logits(trained, cifar_dir, capsys):
+    import numpy
+    from gpuconv.backend import to_device, to_numpy
+    from gpuconv.data import CIFAR10
+    from gpuconv.data.datasets.cifar import CIFAR10_MEAN, CIFAR10_STD
+    assert main(["evaluate", str(trained / "model.npz"), "--data-dir", str(cifar_dir),
+                 "--device", "cpu", "--json", "--limit", "30", "--tta"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tta"] == 2 and report["samples"] == 30
+    test = CIFAR10(cifar_dir, train=False)
+    x = (test.images[:30].astype(numpy.float32) / 255
+         - numpy.array(CIFAR10_MEAN, numpy.float32)[:, None, None]) \
+        / numpy.array(CIFAR10_STD, numpy.float32)[:, None, None]
+    model = load_model(trained / "model.npz")
+    logits = to_numpy(model.predict(to_device(x.astype(numpy.float32), "cpu"), tta=True))
+    assert report["accuracy"] == pytest.approx(numpy.mean(logits.argmax(1) == test.labels[:30]))
+
+
 def test_evaluate_bad_model_file(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")

@@ -52,6 +52,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="evaluation batch size")
     p.add_argument("--limit", type=argtypes.integer(1), default=None,
                    help="use only the first N test images")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the model's outputs over the image, "
+                        "its mirror and one-pixel shifts (6 views, as airbench)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--out", default=None,
                    help="also write report.json, report.txt and confusion.png into this folder")
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     loader = DataLoader(test, args.batch_size, shuffle=False, device=device,
                         normalize=(mean, std), dtype=model.dtype or "float32")
     try:
-        logits, labels = collect_logits(model, loader)
+        logits, labels = collect_logits(model, loader, 2 if args.tta else 0)
     except (ValueError, TypeError) as exc:
         raise CLIError(f"{path}: the model does not accept CIFAR-10 images: {exc}") from None
     if logits.ndim != 2 or logits.shape[1] != len(classes):
@@ -125,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
                        f"({len(classes)},) class scores")
     report = build_report(logits, labels, classes)
     report["model"] = str(path)
+    report["tta"] = 2 if args.tta else 0
     text = format_report(report, f"Test set ({path})")
     if args.out:
         out = Path(args.out)
