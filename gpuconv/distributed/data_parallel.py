@@ -46,6 +46,7 @@ def reduce_epoch_stats(comm: Communicator, stats: Any) -> None:
     stats.correct_sum = int(totals[1])
     stats.synced_samples = int(totals[2])
     stats.samples = int(totals[3])
+    stats.steps = int(totals[4])
 
 
 class DataParallel:
@@ -105,6 +106,18 @@ class DataParallel:
         flags = numpy.array([0.0 if local else 1.0])
         getattr(self.comm, "mpi", self.comm).allreduce_sum([flags])
         return flags[0] == 0
+
+    def after_train_epoch(self, stats: Any) -> None:
+        """End of an epoch's training steps: sum the loss/accuracy totals over the
+        ranks, and give every rank rank 0's buffers. With local BatchNorm the
+        running statistics drift apart (each rank's come from its own shards);
+        PyTorch DDP re-broadcasts them from rank 0 before every forward, we do
+        it once per epoch, before validation and checkpoints, so evaluation and
+        the saved model are the same on every rank."""
+        reduce_epoch_stats(self.comm, stats)
+        buffers = [b for _, b in self.model.named_buffers()]
+        if buffers:
+            self.comm.broadcast(buffers, root=0)
 
     def end_epoch(self, epoch: int) -> None:
         if self.check:

@@ -36,7 +36,7 @@ class Sequential(_Sequential):
             scheduler: Any = None, verbose: int = 1,
             resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
             checkpoint_path: "str | os.PathLike | None" = None, amp: bool = False,
-            grad_scaler: Any = None) -> History:
+            grad_scaler: Any = None, comm: Any = None) -> History:
         """Train for up to ``epochs`` epochs (1-based, counting resumed ones).
 
         - ``train_data``/``val_data``: re-iterable objects yielding ``(x, y)``
@@ -73,6 +73,13 @@ class Sequential(_Sequential):
           is the scale. Meant for CUDA (NumPy float16 GEMMs are very slow).
         - ``grad_scaler``: a :class:`gpuconv.amp.GradScaler` to use
           (its state is saved in checkpoints and restored on resume).
+        - ``comm``: a :mod:`gpuconv.distributed` communicator for data-parallel
+          training (each rank's ``train_data`` yields its shard, e.g. a
+          ``DataLoader(..., comm=comm)``): settings compared across ranks, rank
+          0's weights broadcast at the start (and after a resume), gradients
+          averaged (sample-weighted) after every backward pass, logs and
+          evaluation reduced over the ranks; only rank 0 prints and writes the
+          checkpoint. Callbacks run on every rank (write files on rank 0 only).
 
         Returns the :class:`History`: per-epoch logs with ``epoch, loss,
         accuracy, val_loss, val_accuracy, lr, time, images_per_s, skipped`` (and
@@ -81,12 +88,13 @@ class Sequential(_Sequential):
         return loop.fit(self, train_data, epochs, optimizer, loss, val_data=val_data,
                         callbacks=callbacks, scheduler=scheduler, verbose=verbose,
                         resume_from=resume_from, nan_policy=nan_policy,
-                        checkpoint_path=checkpoint_path, amp=amp, grad_scaler=grad_scaler)
+                        checkpoint_path=checkpoint_path, amp=amp, grad_scaler=grad_scaler,
+                        comm=comm)
 
-    def evaluate(self, data: Iterable, loss: Any = None) -> dict:
+    def evaluate(self, data: Iterable, loss: Any = None, comm: Any = None) -> dict:
         """``{"loss", "accuracy", "samples"}`` over ``data`` in eval mode (see
         :func:`gpuconv.training.loop.evaluate`); ``loss=None`` reuses fit's loss."""
-        return loop.evaluate(self, data, loss)
+        return loop.evaluate(self, data, loss, comm)
 
     def predict(self, x: Array, batch_size: int = 256) -> Array:
         """Model outputs (device array (N, ...)) for ``x`` (N, ...) on the model's device,

@@ -51,6 +51,7 @@ from ..backend import (Array, Device, device_of, get_array_module, get_device, k
                        reseed_for_epoch, set_state, to_numpy)
 from ..layers.base import Layer
 from ..amp import GradScaler, enable_mixed_precision, scaled_backward_step
+from ..distributed import Communicator, DataParallel, reduce_epoch_stats
 from .batches import ArrayBatches, bind_device, check_batch
 from .callbacks import Callback, CallbackList, History
 from ..io.checkpoint import load_checkpoint, restore_model, save_checkpoint
@@ -119,7 +120,7 @@ class _Run:
 
     def __init__(self, model, train_data, epochs, optimizer, loss, val_data, callbacks,
                  scheduler, verbose, nan_policy, checkpoint_path,
-                 scaler: GradScaler | None = None) -> None:
+                 scaler: GradScaler | None = None, comm: Communicator | None = None) -> None:
         self.model, self.epochs, self.optimizer, self.loss = model, epochs, optimizer, loss
         self.scaler = scaler
         self.amp_skipped = 0       # steps of the current epoch skipped for inf/NaN gradients
@@ -135,10 +136,16 @@ class _Run:
         self.history = History()
         self.completed = 0         # epochs completed (checkpoint "epoch")
         self.position = (0, 0)     # (epoch, step) in progress, for interruption reports
+        # ---- data parallelism (gpuconv.distributed): None in a single process
+        self.comm = comm
+        self.dp = DataParallel(comm, model) if comm is not None and comm.size > 1 else None
+        if self.dp is not None and not self.dp.is_main:
+            self.verbose = 0       # only rank 0 prints
 
     # ---- checkpoints -------------------------------------------------------------------
     def resume(self, path: "str | os.PathLike") -> None:
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path) if self.dp is None else \
+            self.dp.load_checkpoint(path, load_checkpoint)  # read on rank 0, sent to all
         restore_model(ckpt, self.model)
         if ckpt.optimizer_state is not None:
             self.optimizer.load_state_dict(ckpt.optimizer_state)
@@ -158,6 +165,8 @@ class _Run:
         self.completed = ckpt.epoch
 
     def save(self, interrupted: bool = False) -> None:
+        if self.dp is not None and not self.dp.is_main:
+            return  # only rank 0 writes (the ranks' states are identical)
         extra: dict[str, Any] = {"callbacks": self.callbacks.state_dict(), "epochs": self.epochs}
         if hasattr(self.train_data, "state_dict"):
             extra["loader"] = self.train_data.state_dict()
@@ -182,17 +191,24 @@ class _Run:
             x, y = _unpack(batch, where)
             check_batch(x, y, self.device, where)
             optimizer.zero_grad()
+            if self.dp is not None and x.shape[0] == 0:
+                self._empty_shard_step(where)  # see gpuconv.distributed.sharding
+                progress.step()
+                continue
             pred = model.forward(x)
             value = loss.forward(loss_input(model, pred), y)
-            if self.skip and not bool(to_numpy(get_array_module(value).isfinite(value))):
+            if self.skip and not self._finite(value):
                 skipped += 1  # per-step sync: only in 'skip' mode
                 model.clear_cache()
             else:
                 correct = correct_count(pred, y)
                 if scaler is None:
                     model.backward_params(loss.backward())  # the input gradient is not needed
+                    if self.dp is not None:
+                        self.dp.reduce_gradients(int(x.shape[0]))
                     optimizer.step()
-                elif not scaled_backward_step(model, optimizer, loss, pred, scaler, params):
+                elif not scaled_backward_step(model, optimizer, loss, pred, scaler, params,
+                                              reduce_grads=self._reducer(int(x.shape[0]))):
                     self.amp_skipped += 1  # a gradient overflowed: step skipped
                 stats.add(value, correct, x.shape[0])
                 self.callbacks.on_batch_end(step, {"size": int(x.shape[0]), "loss": value})
@@ -205,6 +221,28 @@ class _Run:
         if stats.first_bad_step is not None:
             raise _nan_error(epoch, stats)
         return skipped
+
+    # ---- data parallelism helpers (no-ops in a single process) -------------------------
+    def _finite(self, value: Array) -> bool:
+        if self.dp is not None:
+            return self.dp.all_finite(value)  # every rank must skip the same batches
+        return bool(to_numpy(get_array_module(value).isfinite(value)))
+
+    def _reducer(self, samples: int) -> Any:
+        return None if self.dp is None else (lambda: self.dp.reduce_gradients(samples))
+
+    def _empty_shard_step(self, where: str) -> None:
+        """This rank got no samples of a global batch smaller than the number of ranks:
+        it contributes a zero gradient with weight 0 and takes the same step."""
+        if self.dp.sync_bn_layers:
+            raise ValueError(f"{where}: this rank's shard of the global batch is empty (the "
+                             "batch has fewer samples than ranks) and the model has "
+                             "SyncBatchNorm, whose collectives every rank must join; use "
+                             "drop_last=True or a batch of at least one sample per rank")
+        self.dp.reduce_gradients(0)
+        self.optimizer.step()
+        if self.per_batch:
+            self.scheduler.step()
 
     def run_epoch(self, epoch: int) -> dict:
         start = time.perf_counter()
@@ -220,6 +258,8 @@ class _Run:
         try:
             lr = _lr(self.optimizer)
             skipped = self.train_epoch(epoch, stats, progress)
+            if self.dp is not None:  # global loss/accuracy, rank 0's BN statistics
+                self.dp.after_train_epoch(stats)
             train_time = time.perf_counter() - start
             if stats.steps == 0 and skipped == 0:
                 raise ValueError(f"fit: the training data yielded no batches in epoch {epoch}")
@@ -231,7 +271,7 @@ class _Run:
                 logs["amp_skipped"] = self.amp_skipped
                 logs["amp_scale"] = self.scaler.scale
             if self.val_data is not None:
-                val = evaluate(self.model, self.val_data, self.loss)
+                val = evaluate(self.model, self.val_data, self.loss, comm=self.comm)
                 logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
             if self.scheduler is not None and not self.per_batch:
                 if _takes_metric(self.scheduler):
@@ -240,6 +280,8 @@ class _Run:
                 else:
                     self.scheduler.step()
             logs["time"] = time.perf_counter() - start
+            if self.dp is not None:
+                self.dp.end_epoch(epoch)
         finally:
             progress.close(logs)
         return logs
@@ -248,6 +290,9 @@ class _Run:
         model = self.model
         model.stop_training = False
         model.history = self.history
+        if self.dp is not None:  # same settings everywhere, then rank 0's weights
+            self.dp.check_settings(self.optimizer, self.loss, self.train_data)
+            self.dp.broadcast()
         self.callbacks.on_train_begin()
         try:
             for epoch in range(self.completed + 1, self.epochs + 1):
@@ -273,7 +318,7 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
         scheduler: Any = None, verbose: int = 1,
         resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
         checkpoint_path: "str | os.PathLike | None" = None, amp: bool = False,
-        grad_scaler: GradScaler | None = None) -> History:
+        grad_scaler: GradScaler | None = None, comm: Communicator | None = None) -> History:
     """Train ``model`` (see :meth:`gpuconv.models.Sequential.fit`)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
@@ -301,21 +346,24 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
     keep_freed_memory()  # see gpuconv.backend.host_memory: no page faults per step
     run = _Run(model, train_data, epochs, optimizer, loss, val_data, callbacks, scheduler,
                verbose, nan_policy, None if checkpoint_path is None else os.fspath(checkpoint_path),
-               grad_scaler)
+               grad_scaler, comm)
     with run.device.context():  # new arrays go to the model's GPU (a no-op on the CPU)
         if resume_from is not None:
             run.resume(resume_from)
         return run.run()
 
 
-def evaluate(model: Layer, data: Iterable, loss: Any = None) -> dict:
+def evaluate(model: Layer, data: Iterable, loss: Any = None,
+             comm: Communicator | None = None) -> dict:
     """Mean loss and accuracy of ``model`` over ``data`` in eval mode.
 
     ``data`` yields (x, y) batches on the model's device (or is an
     ArrayBatches). ``loss``: a loss object; None uses the loss of the last
     ``fit`` (if any). Returns ``{"loss": float | None, "accuracy": float |
     None, "samples": int}`` (None where not applicable). Reads the device once.
-    Layer modes are restored and caches cleared afterwards.
+    Layer modes are restored and caches cleared afterwards. With ``comm`` (data
+    parallel: each rank's ``data`` yields its shard) the totals are summed over
+    the ranks, so every rank returns the global numbers; empty shards are skipped.
     """
     loss = loss if loss is not None else getattr(model, "_fit_loss", None)
     device = model_device(model)
@@ -326,10 +374,14 @@ def evaluate(model: Layer, data: Iterable, loss: Any = None) -> dict:
             where = f"evaluate (step {step})"
             x, y = _unpack(batch, where)
             check_batch(x, y, device, where)
+            if comm is not None and x.shape[0] == 0:
+                continue  # a final batch smaller than the number of ranks
             pred = model.forward(x)
             value = None if loss is None else loss.forward(loss_input(model, pred), y)
             stats.add(value, correct_count(pred, y), x.shape[0])
     stats.sync()
+    if comm is not None:
+        reduce_epoch_stats(comm, stats)
     if stats.steps == 0:
         raise ValueError("evaluate: the data yielded no batches")
     return {"loss": stats.loss, "accuracy": stats.accuracy, "samples": stats.samples}
