@@ -26,12 +26,14 @@ from .. import __version__
 from ..backend import Device, seed as seed_all
 from ..data.datasets import ArrayDataset
 from ..data.loader import DataLoader
+from .. import distributed as dist
 from .. import losses
 from ..training.callbacks import Callback, EarlyStopping, HistoryLogger, ModelCheckpoint
 from ..optim import SGD, Adam, AdamW, RMSprop
 from ..optim import lr_scheduler as sched
 from ..models import load_model
 from ..training.summary import count_parameters
+from . import parallel
 from . import run_dir as rd
 from .common import (AUGMENT_CHOICES, CIFAR10_MEAN, CIFAR10_STD, CLIError, build_augment,
                      eprint, load_cifar10, resolve_device, split_indices)
@@ -185,6 +187,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         " may be changed)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress output; only the final summary")
+    parallel.add_arguments(g)  # --nproc, --backend (see gpuconv.cli.parallel)
     p.set_defaults(func=run)
     return p
 
@@ -295,14 +298,23 @@ class _Data:
                 "input_shape": list(INPUT_SHAPE)}
 
 
-def _loader(dataset: Any, settings: dict, device: Device, train: bool) -> DataLoader:
+def _loader(dataset: Any, settings: dict, device: Device, train: bool,
+            comm: Any = None) -> DataLoader:
     batch = settings["batch_size"] if train else settings["eval_batch_size"]
     return DataLoader(dataset, batch, shuffle=train,
                       drop_last=train and len(dataset) > batch,
                       seed=settings["seed"], device=device,
                       normalize=(CIFAR10_MEAN, CIFAR10_STD),
                       augment=build_augment(settings["augment"]) if train else None,
-                      dtype=settings["dtype"])
+                      dtype=settings["dtype"], comm=comm)
+
+
+def dist_init(args: argparse.Namespace, settings: dict) -> Any:
+    """The communicator of this rank, on its device (one GPU per rank on a host)."""
+    try:
+        return dist.init(getattr(args, "backend", "auto") or "auto", settings["device"])
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _verbosity(quiet: bool) -> int:
@@ -330,29 +342,50 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 # ---- the command ------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    """Run ``gpuconv train``; returns the exit code."""
+    """Run ``gpuconv train``; returns the exit code. ``--nproc N`` relaunches under
+    mpiexec; under MPI every rank runs this (see :mod:`gpuconv.cli.parallel`)."""
+    relaunched = parallel.relaunch_if_asked(args)
+    if relaunched is not None:
+        return relaunched
+    return parallel.guarded(args, "train", _train)
+
+
+def _train(args: argparse.Namespace, world: Any) -> int:
     settings, out, previous = resolve_settings(args)
-    quiet = bool(args.quiet)
-    device = resolve_device(settings["device"])
+    # ---- several ranks: rank 0's run folder, equal settings, one device per rank
+    main_rank = world.rank == 0
+    if world.size > 1:
+        out = Path(world.broadcast_object(str(out)))  # default folder names hold a time
+        parallel.check_settings(world, settings, out)
+        world.barrier()  # every rank checked the folder before rank 0 writes into it
+    comm = dist_init(args, settings) if world.size > 1 else None
+    quiet = bool(args.quiet) or not main_rank
+    device = comm.device if comm is not None else resolve_device(settings["device"])
     if settings["amp"]:
         if device.kind == "cpu":
             raise CLIError(AMP_CPU_MESSAGE)
         if settings["dtype"] != "float32":
             raise CLIError(f"--amp keeps float32 master weights; it cannot be combined with "
                            f"--dtype {settings['dtype']}")
+    if world.rank != 0:
+        world.barrier()   # rank 0 loads (and maybe downloads) the data first
     data = _Data(settings)
+    if world.size > 1 and world.rank == 0:
+        world.barrier()
 
     seed_all(int(settings["seed"]))
     model = build_preset(settings["model"], num_classes=len(data.classes), dtype=settings["dtype"])
     model.to(device)
-    train_loader = _loader(data.train, settings, device, train=True)
-    val_loader = None if data.val is None else _loader(data.val, settings, device, train=False)
+    train_loader = _loader(data.train, settings, device, train=True, comm=comm)
+    val_loader = None if data.val is None else _loader(data.val, settings, device, train=False,
+                                                       comm=comm)
     test_loader = _loader(data.test, settings, device, train=False)
     optimizer = build_optimizer(settings, model)
     scheduler = build_scheduler(settings, optimizer, len(train_loader))
     loss = losses.SoftmaxCrossEntropy(label_smoothing=settings["label_smoothing"])
 
-    out.mkdir(parents=True, exist_ok=True)
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
     trainable, buffers = count_parameters(model)
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     if previous is None:
@@ -369,15 +402,19 @@ def run(args: argparse.Namespace) -> int:
         config.setdefault("resumed", []).append(
             {"time": now, "command": getattr(args, "argv", sys.argv), "device": str(device),
              "machine": rd.machine_info(device), "gpuconv_version": __version__})
-    rd.write_json(out / rd.CONFIG, config)
-    if previous is None:
+    config["distributed"] = parallel.describe(comm or world)
+    if previous is not None:
+        config["resumed"][-1]["distributed"] = config["distributed"]
+    if main_rank:
+        rd.write_json(out / rd.CONFIG, config)
+    if previous is None and main_rank:
         rd.write_text(out / "summary.txt", model.summary(INPUT_SHAPE, print_fn=None) + "\n")
 
     monitor = settings["monitor"] if val_loader is not None else settings["monitor"][4:]
-    callbacks: list[Callback] = [
+    callbacks: list[Callback] = [  # the file writers on rank 0 only
         HistoryLogger(out / rd.HISTORY_JSON, out / rd.HISTORY_CSV),
         ModelCheckpoint(out / rd.MODEL, monitor=monitor, save_best_only=True),
-    ]
+    ] if main_rank else []
     if settings["patience"] > 0:
         callbacks.append(EarlyStopping(monitor=monitor, patience=int(settings["patience"]),
                                        restore_best_weights=True))
@@ -395,14 +432,18 @@ def run(args: argparse.Namespace) -> int:
             history = model.fit(train_loader, settings["epochs"], optimizer, loss,
                                 val_data=val_loader, callbacks=callbacks, scheduler=scheduler,
                                 verbose=verbose, checkpoint_path=checkpoint,
-                                amp=bool(settings["amp"]),
+                                amp=bool(settings["amp"]), comm=comm,
                                 resume_from=checkpoint if previous is not None else None)
     except KeyboardInterrupt:
+        if not main_rank:
+            return 130
         eprint(f"\nInterrupted. Checkpoint saved to {checkpoint} "
                f"({len(getattr(model.history, 'records', []) or [])} epoch(s) completed).\n"
                f"Resume with: gpuconv train --resume {out}")
         return 130
     train_time = time.perf_counter() - start
+    if not main_rank:
+        return 0  # rank 0 writes the report
 
     # Final report with the best model (model.npz: best value of the monitored metric).
     if (out / rd.MODEL).is_file():

@@ -28,10 +28,11 @@ from .model_sync import ReplicaMismatch, broadcast_model, check_identical, model
 from .nccl import NCCLCommunicator
 from .sharding import shard_bounds
 from .syncbn import bind_sync_batchnorm, sync_batchnorm
-from .world import BACKENDS, MPI_MISSING, init, mpi4py_installed, rank_device
+from .launch import find_mpiexec, relaunch
+from .world import BACKENDS, MPI_MISSING, init, launch_world, mpi4py_installed, rank_device
 
 __all__ = [
-    "init", "Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator",
+    "init", "launch_world", "find_mpiexec", "relaunch", "Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator",
     "BACKENDS", "MPI_MISSING", "mpi4py_installed", "rank_device", "launched_by_mpi",
     "launched_world_size", "shard_bounds", "GradientReducer", "broadcast_model",
     "check_identical", "model_checksum", "ReplicaMismatch", "check_same", "settings_hash",

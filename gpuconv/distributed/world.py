@@ -12,7 +12,7 @@ from .faults import install_excepthook
 from .nccl import NCCLCommunicator
 from .threads import limit_blas_threads
 
-__all__ = ["init", "BACKENDS", "MPI_MISSING", "mpi4py_installed", "rank_device"]
+__all__ = ["init", "launch_world", "BACKENDS", "MPI_MISSING", "mpi4py_installed", "rank_device"]
 
 BACKENDS = ("auto", "mpi", "nccl")
 
@@ -21,7 +21,8 @@ MPI_MISSING = ("several processes need mpi4py and an MPI library: pip install 'g
                "(mpi4py + MPICH from the package index, no system packages), or "
                "pip install mpi4py against a system MPI (Open MPI, Intel MPI, MPICH)")
 
-_world: Communicator | None = None
+_world: Communicator | None = None   # what init() returned
+_mpi: Communicator | None = None     # what launch_world() returned
 
 
 def mpi4py_installed() -> bool:
@@ -56,6 +57,25 @@ def _nccl_available() -> bool:
     return True
 
 
+def launch_world() -> Communicator:
+    """The job's communicator before any device is chosen: a :class:`SingleProcess`
+    without an MPI launcher (mpi4py not imported), else the MPI one (created
+    once). Enough for settings checks, output on rank 0 and fault handling;
+    :func:`init` builds on it."""
+    global _mpi
+    if _mpi is None:
+        if launched_world_size() is None:
+            _mpi = SingleProcess()
+        else:
+            if not mpi4py_installed():
+                raise RuntimeError(f"this process was started by an MPI launcher but "
+                                   f"{MPI_MISSING}")
+            _mpi = MPICommunicator()
+            if _mpi.size > 1:
+                install_excepthook(_mpi)
+    return _mpi
+
+
 def init(backend: str = "auto", device: "str | Device | None" = None) -> Communicator:
     """The communicator of this process (created on the first call, then reused).
 
@@ -78,34 +98,29 @@ def init(backend: str = "auto", device: "str | Device | None" = None) -> Communi
         raise ValueError(f"distributed.init: backend must be one of {BACKENDS}, got {backend!r}")
     if _world is not None:
         return _world
-    size = launched_world_size()
-    if size is None:
-        _world = SingleProcess(get_device(device))
-        return _world
-    if not mpi4py_installed():
-        raise RuntimeError(f"this process was started by an MPI launcher but {MPI_MISSING}")
-    mpi = MPICommunicator()
-    rank_dev = rank_device(device, mpi.local_rank)
-    mpi.device = rank_dev
-    comm: Communicator = mpi
-    wants_nccl = backend == "nccl" or (backend == "auto" and rank_dev.kind == "cuda"
-                                       and _nccl_available())
+    base = launch_world()
+    if base.size == 1:
+        base.device = get_device(device)
+        _world = base
+        return base
+    rank_dev = rank_device(device, base.local_rank)
+    base.device = rank_dev
     if backend == "nccl" and rank_dev.kind == "cpu":
         raise ValueError("distributed.init: backend 'nccl' needs a CUDA device; this rank's "
                          "device is the CPU (use backend='mpi')")
-    if wants_nccl and mpi.size > 1:
-        comm = NCCLCommunicator(mpi, rank_dev)
-    if mpi.size > 1:
-        install_excepthook(comm)
-        if rank_dev.kind == "cpu" and not threads_set_by_user():
-            limit_blas_threads(1)
+    comm: Communicator = base
+    if backend == "nccl" or (backend == "auto" and rank_dev.kind == "cuda"
+                             and _nccl_available()):
+        comm = NCCLCommunicator(base, rank_dev)
+    if rank_dev.kind == "cpu" and not threads_set_by_user():
+        limit_blas_threads(1)
     _world = comm
     return comm
 
 
 def _reset_for_tests() -> None:
-    global _world
-    _world = None
+    global _world, _mpi
+    _world = _mpi = None
 
 
 def world() -> Any:
