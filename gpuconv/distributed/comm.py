@@ -21,6 +21,7 @@ CUDA-aware, and MPI must not read a buffer a kernel is still writing).
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Sequence
 
@@ -160,3 +161,6 @@ class MPICommunicator(Communicator):
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(int(code) if code else 1)
+        # MPICH's MPI_Abort can return to the caller while the launcher tears the job
+        # down (seen with MPICH 5 when the abort code is not 1): never run on after it
+        os._exit(int(code) if code else 1)

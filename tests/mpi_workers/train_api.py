@@ -8,7 +8,9 @@ Writes OUT_DIR/rank<R>.npz (parameters and buffers) and OUT_DIR/rank<R>.json
 import argparse
 import json
 import os
+import signal
 import sys
+import time
 
 import numpy
 
@@ -24,6 +26,7 @@ from gpuconv.layers import (BatchNorm2d, Conv2D, Dense, Flatten, MaxPool2D,  # n
 from gpuconv.losses import SoftmaxCrossEntropy  # noqa: E402
 from gpuconv.models import Sequential  # noqa: E402
 from gpuconv.optim import Adam  # noqa: E402
+from gpuconv.training.callbacks import Callback  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("out")
@@ -34,6 +37,10 @@ p.add_argument("--resume", action="store_true")
 p.add_argument("--n", type=int, default=70)   # 70 = 4 batches of 16 + a last batch of 6
 p.add_argument("--batch", type=int, default=16)
 p.add_argument("--augment", action="store_true")
+p.add_argument("--kill-rank", type=int, default=None)   # this rank dies (SIGKILL) ...
+p.add_argument("--raise-rank", type=int, default=None)  # ... or raises, at --fail-epoch
+p.add_argument("--fail-epoch", type=int, default=2)
+p.add_argument("--sleep", type=float, default=0.0)      # per step: a run long enough to kill
 args = p.parse_args()
 
 comm = distributed.init(device="cpu")
@@ -56,8 +63,26 @@ train = DataLoader((images, labels), args.batch, shuffle=True, seed=5, device="c
                    dtype=args.dtype, comm=comm, augment=augment, prefetch=False)
 val = DataLoader((images[:37], labels[:37]), 8, device="cpu", dtype=args.dtype, comm=comm)
 opt = Adam(model, lr=1e-2)
+
+
+class Fail(Callback):
+    """Kill or fail this rank at the second step of epoch --fail-epoch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, step, logs=None):
+        time.sleep(args.sleep)
+        if self.epoch == args.fail_epoch and step == 2:
+            if comm.rank == args.kill_rank:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if comm.rank == args.raise_rank:
+                raise RuntimeError("planned failure of this rank")
+
+
 ckpt = os.path.join(args.out, "checkpoint.npz")
 history = model.fit(train, args.epochs, opt, SoftmaxCrossEntropy(), val_data=val, verbose=0,
+                    callbacks=[Fail()],
                     comm=comm, checkpoint_path=ckpt,
                     resume_from=ckpt if args.resume else None)
 ev = model.evaluate(val, comm=comm)
