@@ -6,11 +6,13 @@ communicator to the current device). Collectives are queued on the current
 CUDA stream of that device, so they order after the backward kernels with no
 host synchronisation. Objects, barriers and aborts go through MPI.
 
-The ``nccl`` module is taken from the device's array module
-(``device.xp.cuda.nccl``): CuPy's on a GPU, a stand-in in the tests.
+The ``nccl`` module is ``cupy.cuda.nccl`` (a submodule CuPy does not import by
+itself) unless one is passed in (the tests pass a stand-in that works on the
+strict fake CuPy).
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Sequence
 
 import numpy
@@ -18,12 +20,33 @@ import numpy
 from ..backend import Array, Device
 from .comm import Communicator
 
-__all__ = ["NCCLCommunicator", "NCCL_DTYPES"]
+__all__ = ["NCCLCommunicator", "NCCL_DTYPES", "nccl_module", "nccl_available"]
 
 #: numpy dtype name -> the name of NCCL's datatype constant in ``cupy.cuda.nccl``.
 NCCL_DTYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32",
                "float64": "NCCL_FLOAT64", "int32": "NCCL_INT32", "int64": "NCCL_INT64",
                "uint8": "NCCL_UINT8", "int8": "NCCL_INT8"}
+
+
+def nccl_module() -> Any:
+    """``cupy.cuda.nccl``; RuntimeError naming the fix when NCCL cannot be loaded."""
+    try:
+        module = importlib.import_module("cupy.cuda.nccl")
+    except ImportError as exc:
+        raise RuntimeError(f"NCCL backend: cupy.cuda.nccl cannot be imported ({exc})") from None
+    if not getattr(module, "available", False):
+        raise RuntimeError("NCCL backend: CuPy cannot load libnccl; pip install "
+                           "nvidia-nccl-cu12, or use backend='mpi'")
+    return module
+
+
+def nccl_available() -> bool:
+    """True when CuPy's NCCL bindings load (never raises)."""
+    try:
+        nccl_module()
+    except Exception:
+        return False
+    return True
 
 
 class NCCLCommunicator(Communicator):
@@ -42,7 +65,7 @@ class NCCLCommunicator(Communicator):
         self.rank, self.size = mpi.rank, mpi.size
         self.local_rank, self.local_size = mpi.local_rank, mpi.local_size
         self.xp = device.xp
-        self.nccl = self.xp.cuda.nccl if nccl is None else nccl
+        self.nccl = nccl_module() if nccl is None else nccl
         with device.context():
             uid = self.nccl.get_unique_id() if self.rank == 0 else None
             uid = mpi.broadcast_object(uid, root=0)

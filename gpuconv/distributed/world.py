@@ -9,7 +9,7 @@ from ..backend import Device, get_device
 from .comm import Communicator, MPICommunicator, SingleProcess
 from .env import launched_world_size, threads_set_by_user
 from .faults import install_excepthook
-from .nccl import NCCLCommunicator
+from .nccl import NCCLCommunicator, nccl_available
 from .threads import limit_blas_threads
 
 __all__ = ["init", "launch_world", "BACKENDS", "MPI_MISSING", "mpi4py_installed", "rank_device"]
@@ -47,14 +47,6 @@ def rank_device(spec: "str | Device | None", local_rank: int) -> Device:
     if base.kind == "cpu" or explicit_index:
         return base
     return Device(base.kind, local_rank % _device_count(base))
-
-
-def _nccl_available() -> bool:
-    try:
-        from cupy.cuda import nccl  # noqa: PLC0415, F401 - optional, probed only here
-    except Exception:
-        return False
-    return True
 
 
 def launch_world() -> Communicator:
@@ -110,7 +102,7 @@ def init(backend: str = "auto", device: "str | Device | None" = None) -> Communi
                          "device is the CPU (use backend='mpi')")
     comm: Communicator = base
     if backend == "nccl" or (backend == "auto" and rank_dev.kind == "cuda"
-                             and _nccl_available()):
+                             and nccl_available()):
         comm = NCCLCommunicator(base, rank_dev)
     if rank_dev.kind == "cpu" and not threads_set_by_user():
         limit_blas_threads(1)
