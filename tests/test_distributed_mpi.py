@@ -165,3 +165,23 @@ def test_a_rank_raising_ends_the_job_with_its_error_printed_once(tmp_path):
     assert proc.returncode != 0 and proc.elapsed < 30
     assert proc.stderr.count("rank 1 of 2 failed") == 1, proc.stderr
     assert "planned failure of this rank" in proc.stderr
+
+
+def _cuda_devices() -> int:
+    try:
+        import cupy
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_devices() < 2, reason="needs 2 CUDA devices (fewer answer here)")
+@pytest.mark.skipif(not dist.nccl.nccl_available(), reason="CuPy cannot load libnccl")
+def test_two_gpus_over_nccl_train_the_one_gpu_parameters(tmp_path):
+    common = ("plain", "float64", "--n", "69", "--epochs", "2", "--device", "cuda")
+    _api(tmp_path / "one", *common)
+    _api(tmp_path / "two", *common, ranks=2)
+    (r0, log0), (r1, log1) = _rank(tmp_path / "two", 0), _rank(tmp_path / "two", 1)
+    assert log0["backend"] == "nccl" and log0["checksum"] == log1["checksum"]
+    assert _rel(_rank(tmp_path / "one", 0)[0], r0) < 1e-10

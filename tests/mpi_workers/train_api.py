@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the checkout's gpu
 
 import gpuconv  # noqa: E402
 from gpuconv import distributed  # noqa: E402
+from gpuconv.backend import to_numpy  # noqa: E402
 from gpuconv.data.augment import Compose, RandomCrop, RandomHorizontalFlip  # noqa: E402
 from gpuconv.data.loader import DataLoader  # noqa: E402
 from gpuconv.layers import (BatchNorm2d, Conv2D, Dense, Flatten, MaxPool2D,  # noqa: E402
@@ -40,10 +41,12 @@ p.add_argument("--augment", action="store_true")
 p.add_argument("--kill-rank", type=int, default=None)   # this rank dies (SIGKILL) ...
 p.add_argument("--raise-rank", type=int, default=None)  # ... or raises, at --fail-epoch
 p.add_argument("--fail-epoch", type=int, default=2)
+p.add_argument("--device", default="cpu")            # "cuda": one GPU per rank, NCCL
 p.add_argument("--sleep", type=float, default=0.0)      # per step: a run long enough to kill
 args = p.parse_args()
 
-comm = distributed.init(device="cpu")
+comm = distributed.init(device=args.device)
+model_device = comm.device
 gpuconv.seed(3)
 rng = numpy.random.default_rng(0)
 images = rng.integers(0, 256, size=(args.n, 3, 8, 8), dtype=numpy.uint8)
@@ -56,12 +59,13 @@ if args.kind != "plain":
     layers.append(BatchNorm2d(6, dtype=args.dtype))
 layers += [ReLU(), MaxPool2D(2), Flatten(), Dense(6 * 4 * 4, 4, dtype=args.dtype)]
 model = Sequential(layers)
+model.to(model_device)
 if args.kind == "bn-sync":
     distributed.sync_batchnorm(model, comm)
 augment = Compose([RandomCrop(8, 1), RandomHorizontalFlip()]) if args.augment else None
-train = DataLoader((images, labels), args.batch, shuffle=True, seed=5, device="cpu",
+train = DataLoader((images, labels), args.batch, shuffle=True, seed=5, device=model_device,
                    dtype=args.dtype, comm=comm, augment=augment, prefetch=False)
-val = DataLoader((images[:37], labels[:37]), 8, device="cpu", dtype=args.dtype, comm=comm)
+val = DataLoader((images[:37], labels[:37]), 8, device=model_device, dtype=args.dtype, comm=comm)
 opt = Adam(model, lr=1e-2)
 
 
@@ -87,7 +91,7 @@ history = model.fit(train, args.epochs, opt, SoftmaxCrossEntropy(), val_data=val
                     resume_from=ckpt if args.resume else None)
 ev = model.evaluate(val, comm=comm)
 checksum = distributed.check_identical(model, comm)
-state = {k: numpy.asarray(v) for k, v in model.state_dict().items()}
+state = {k: to_numpy(v) for k, v in model.state_dict().items()}
 numpy.savez(os.path.join(args.out, f"rank{comm.rank}.npz"), **state)
 with open(os.path.join(args.out, f"rank{comm.rank}.json"), "w") as f:
     json.dump({"size": comm.size, "backend": comm.backend, "history": history.records,
