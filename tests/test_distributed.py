@@ -12,7 +12,7 @@ import pytest
 
 import gpuconv
 from gpuconv import distributed as dist
-from gpuconv.backend import to_device, to_numpy
+from gpuconv.backend import to_numpy
 from gpuconv.cli import parallel
 from gpuconv.cli.common import CLIError
 from gpuconv.data.loader import DataLoader

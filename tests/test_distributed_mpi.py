@@ -78,7 +78,7 @@ def test_two_ranks_train_the_one_process_parameters(tmp_path, dtype, tol):
     _api(tmp_path / "one", *common)
     _api(tmp_path / "two", *common, ranks=2)
     one, one_log = _rank(tmp_path / "one", 0)
-    (r0, log0), (r1, log1) = _rank(tmp_path / "two", 0), _rank(tmp_path / "two", 1)
+    (r0, log0), (_, log1) = _rank(tmp_path / "two", 0), _rank(tmp_path / "two", 1)
     assert log0["size"] == 2 and log0["backend"] == "mpi"
     assert _rel(one, r0) < tol
     assert log0["checksum"] == log1["checksum"]                      # identical replicas
@@ -182,6 +182,6 @@ def test_two_gpus_over_nccl_train_the_one_gpu_parameters(tmp_path):
     common = ("plain", "float64", "--n", "69", "--epochs", "2", "--device", "cuda")
     _api(tmp_path / "one", *common)
     _api(tmp_path / "two", *common, ranks=2)
-    (r0, log0), (r1, log1) = _rank(tmp_path / "two", 0), _rank(tmp_path / "two", 1)
+    (r0, log0), (_, log1) = _rank(tmp_path / "two", 0), _rank(tmp_path / "two", 1)
     assert log0["backend"] == "nccl" and log0["checksum"] == log1["checksum"]
     assert _rel(_rank(tmp_path / "one", 0)[0], r0) < 1e-10

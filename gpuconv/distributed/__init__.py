@@ -29,7 +29,8 @@ from .nccl import NCCLCommunicator
 from .sharding import shard_bounds
 from .syncbn import bind_sync_batchnorm, sync_batchnorm
 from .launch import find_mpiexec, relaunch
-from .world import BACKENDS, MPI_MISSING, init, launch_world, mpi4py_installed, rank_device
+from .world import (BACKENDS, MPI_MISSING, init, launch_world, mpi4py_installed,
+                    rank_device)
 
 __all__ = [
     "init", "launch_world", "find_mpiexec", "relaunch", "Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator",

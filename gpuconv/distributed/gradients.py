@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy
 
-from ..backend import Array, device_of, get_array_module
+from ..backend import device_of, get_array_module
 from ..layers.base import Parameter
 from .comm import Communicator
 

@@ -14,7 +14,8 @@ from .residual import Residual
 __all__ = [
     "Layer", "Parameter", "Conv2D", "Conv1D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
     "Flatten", "Dense", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Dropout",
-    "Dropout2d", "BatchNorm1d", "BatchNorm2d", "SyncBatchNorm1d", "SyncBatchNorm2d", "Residual", "no_grad", "is_grad_enabled",
+    "Dropout2d", "BatchNorm1d", "BatchNorm2d", "SyncBatchNorm1d", "SyncBatchNorm2d",
+    "Residual", "no_grad", "is_grad_enabled",
 ]
 
 LAYER_TYPES = {name: globals()[name] for name in __all__
