@@ -33,7 +33,8 @@ from .world import (BACKENDS, MPI_MISSING, init, launch_world, mpi4py_installed,
                     rank_device)
 
 __all__ = [
-    "init", "launch_world", "find_mpiexec", "relaunch", "Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator",
+    "init", "launch_world", "find_mpiexec", "relaunch", "Communicator", "SingleProcess",
+    "MPICommunicator", "NCCLCommunicator",
     "BACKENDS", "MPI_MISSING", "mpi4py_installed", "rank_device", "launched_by_mpi",
     "launched_world_size", "shard_bounds", "GradientReducer", "broadcast_model",
     "check_identical", "model_checksum", "ReplicaMismatch", "check_same", "settings_hash",
