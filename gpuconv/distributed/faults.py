@@ -27,7 +27,7 @@ from .comm import Communicator
 
 __all__ = ["abort_on_error", "install_excepthook", "describe_error"]
 
-_QUIET_S = 1.0
+_QUIET_S = 3.0  # long enough for the launcher to end the job on a loaded machine
 
 
 def describe_error(exc: BaseException) -> str:
