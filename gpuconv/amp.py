@@ -258,16 +258,22 @@ class GradScaler:
 
 
 def scaled_backward_step(model: Layer, optimizer: Any, loss: Any, pred: Array,
-                         scaler: GradScaler, params: Any = None) -> bool:
+                         scaler: GradScaler, params: Any = None,
+                         reduce_grads: Any = None) -> bool:
     """The mixed-precision second half of a training step, after
     ``loss.forward(pred.astype(float32), y)`` on the model's (float16) output ``pred``:
     backward of the scaled loss gradient (without the input gradient), unscale
     (the step's one host read), ``optimizer.step()`` unless a gradient overflowed,
     then ``scaler.update()``. ``params``: what to unscale (default: the model's
-    parameters). Returns whether the optimizer step was applied.
+    parameters). ``reduce_grads``: called after the backward pass, before
+    unscaling (data parallelism averages the still-scaled gradients there, so
+    every rank reads the same overflow flag). Returns whether the optimizer step
+    was applied.
     """
     dpred = scaler.scale_grad(loss.backward())
     model.backward_params(dpred.astype(pred.dtype, copy=False))
+    if reduce_grads is not None:
+        reduce_grads()
     applied = scaler.unscale_(model if params is None else params)
     if applied:
         optimizer.step()

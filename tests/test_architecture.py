@@ -1,8 +1,8 @@
 """The package keeps its one-way architecture and its dependency promises.
 
 backend -> ops -> layers -> containers -> losses -> optim -> metrics -> amp -> io
--> training -> models -> data -> recipes -> cli / bench: each part may import only from
-itself and parts to its left. The public aliases ``gpuconv/init.py`` (of
+-> distributed -> training -> models -> data -> recipes -> cli / bench: each part may
+import only from itself and parts to its left. The public aliases ``gpuconv/init.py`` (of
 ``layers.init``) and ``gpuconv/datasets.py`` (of ``data.datasets``) rank with
 the part they re-export. No deep-learning library is imported anywhere inside
 gpuconv/, no gpuconv module is aliased in ``sys.modules``, and no gpuconv module is
@@ -16,8 +16,12 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gpuconv"
+# distributed sits just left of training: the training loop, the DataLoader and the
+# CLI use its communicators, and it needs only backend (arrays, devices) and layers
+# (parameters, the SyncBatchNorm converter) -- no numerics below it may depend on it
+# (SyncBatchNorm in layers takes any object with allreduce_sum, not an import).
 ORDER = ["backend", "ops", "layers", "containers", "losses", "optim", "metrics", "amp", "io",
-         "training", "models", "data", "recipes", "cli"]
+         "distributed", "training", "models", "data", "recipes", "cli"]
 RANK = {part: i for i, part in enumerate(ORDER)}
 RANK["bench"] = RANK["cli"]  # bench and cli are the two top-level entry points
 RANK["init"] = RANK["layers"]  # gpuconv/init.py: the public name of layers/init.py

@@ -84,9 +84,12 @@ class RecipeRun:
     tta: int
 
 
-def airbench_run(settings: dict[str, Any], data: Any, device: Device) -> RecipeRun:
+def airbench_run(settings: dict[str, Any], data: Any, device: Device,
+                 comm: Any = None) -> RecipeRun:
     """Build the airbench run for ``data`` (``.train``, ``.val`` or None, ``.test``
-    ArrayDatasets) on ``device``; whitening is computed from the training images."""
+    ArrayDatasets) on ``device``; whitening is computed from the training images.
+    ``comm`` (several ranks): the training and validation loaders yield this rank's
+    shard of every global batch (the test loader the whole set: rank 0 reports)."""
     if settings["dtype"] != "float32":
         raise CLIError(f"--recipe airbench trains in float32 (and float16 with --amp on CUDA); "
                        f"drop --dtype {settings['dtype']}")
@@ -96,16 +99,17 @@ def airbench_run(settings: dict[str, Any], data: Any, device: Device) -> RecipeR
                        f"batch of {recipe.batch_size}; lower --batch-size or raise --limit")
     seed = int(settings["seed"])
     model = ab.build_model(recipe, len(data.classes), device)
-    train_loader = ab.build_loader(data.train, recipe, device, seed)
+    train_loader = ab.build_loader(data.train, recipe, device, seed, comm=comm)
     ab.whiten(model, train_loader.normalized_images(recipe.whiten_images), recipe)
-    def eval_loader(dataset: Any) -> Any:
+    def eval_loader(dataset: Any, shard: Any = None) -> Any:
         return None if dataset is None else ab.build_loader(
             dataset, recipe, device, train=False,
-            eval_batch_size=int(settings["eval_batch_size"]))
+            eval_batch_size=int(settings["eval_batch_size"]), comm=shard)
     steps = ab.total_steps(len(data.train), recipe)
     optimizer = ab.build_optimizer(model, recipe)
-    return RecipeRun(model=model, train_loader=train_loader, val_loader=eval_loader(data.val),
-                     test_loader=eval_loader(data.test), optimizer=optimizer,
+    return RecipeRun(model=model, train_loader=train_loader,
+                     val_loader=eval_loader(data.val, comm), test_loader=eval_loader(data.test),
+                     optimizer=optimizer,
                      scheduler=ab.build_scheduler(optimizer, steps, recipe),
                      loss=ab.build_loss(recipe), callbacks=ab.build_callbacks(model, steps, recipe),
                      epochs=math.ceil(recipe.epochs), max_steps=steps,

@@ -17,12 +17,19 @@ Resuming a finished run says so and does nothing; a run that failed (NaN
 loss) or saved no checkpoint can be resumed from its last good checkpoint or
 started over with ``--overwrite``. Every line printed fits the terminal
 (80 columns when not writing to one).
+
+``--nproc N`` trains data-parallel on N processes (relaunched under mpiexec;
+see :mod:`gpuconv.cli.parallel`): the settings are checked in this process
+first, then every rank runs the command, rank 0 writes the run folder and
+prints. Interrupts, periodic checkpoints and ``--resume`` (mid-epoch
+included, with any number of ranks) work as in one process.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import datetime as _dt
+import io
 import json
 import math
 import shlex
@@ -38,6 +45,7 @@ from ..amp import AMP_CPU_REASON
 from ..backend import Device, seed as seed_all
 from ..data.datasets import ArrayDataset
 from ..data.loader import DataLoader
+from .. import distributed as dist
 from .. import losses
 from ..io.checkpoint import Checkpoint, load_checkpoint
 from ..training.callbacks import Callback, EarlyStopping, HistoryLogger, ModelCheckpoint
@@ -50,6 +58,7 @@ from ..io.checkpoint import load_checkpoint, restore_model
 from ..models import load_model
 from ..training.summary import count_parameters
 from . import argtypes
+from . import parallel
 from . import run_dir as rd
 from .common import (AUGMENT_CHOICES, CIFAR10_MEAN, CIFAR10_STD, DEVICE_ENV, CLIError,
                      build_augment, device_spec, eprint, load_cifar10, resolve_device,
@@ -271,6 +280,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "Ctrl-C/SIGTERM)")
     g.add_argument("--quiet", action="store_true",
                    help="no progress output; only the final summary")
+    parallel.add_arguments(g)  # --nproc, --backend (see gpuconv.cli.parallel)
     p.set_defaults(func=run)
     return p
 
@@ -493,14 +503,32 @@ class _Data:
                 "input_shape": list(INPUT_SHAPE)}
 
 
-def _loader(dataset: Any, settings: dict, device: Device, train: bool) -> DataLoader:
+def _loader(dataset: Any, settings: dict, device: Device, train: bool,
+            comm: Any = None) -> DataLoader:
     batch = settings["batch_size"] if train else settings["eval_batch_size"]
     return DataLoader(dataset, batch, shuffle=train,
                       drop_last=train and len(dataset) > batch,
                       seed=settings["seed"], device=device,
                       normalize=(CIFAR10_MEAN, CIFAR10_STD),
                       augment=build_augment(settings["augment"]) if train else None,
-                      dtype=settings["dtype"])
+                      dtype=settings["dtype"], comm=comm)
+
+
+def dist_init(args: argparse.Namespace, settings: dict) -> Any:
+    """The communicator of this rank, on its device (one GPU per rank on a host)."""
+    try:
+        return dist.init(getattr(args, "backend", "auto") or "auto", settings["device"])
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _check_global_batches(settings: dict, size: int, validation: bool) -> None:
+    """With ``size`` ranks the batch sizes are global and split evenly: they must divide."""
+    for name in ("batch_size", "eval_batch_size") if validation else ("batch_size",):
+        if settings[name] % size:
+            flag = "--" + name.replace("_", "-")
+            raise CLIError(f"{flag} {settings[name]} is the global batch of the {size} ranks "
+                           f"and must divide by {size}; use a multiple of {size}")
 
 
 def _verbosity(quiet: bool) -> int:
@@ -547,24 +575,55 @@ def _check_resume_checkpoint(out: Path) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``gpuconv train``; returns the exit code."""
+    """Run ``gpuconv train``; returns the exit code. ``--nproc N`` checks the settings
+    here, then relaunches under mpiexec; under MPI every rank runs :func:`_rank`
+    (see :mod:`gpuconv.cli.parallel`)."""
     run_start = time.perf_counter()
+    if parallel.relaunch_wanted(args):
+        settings, out, previous = resolve_settings(args)  # user errors before any launch
+        check_writable_folder(out, "--out" if previous is None else "--resume")
+        _check_global_batches(settings, args.nproc, validation=settings["val_split"] != 0)
+        relaunched = parallel.relaunch_if_asked(args)
+        if relaunched is not None:
+            return relaunched
+    return parallel.guarded(args, "train",
+                            lambda args, world: _rank(args, world, run_start))
+
+
+def _rank(args: argparse.Namespace, world: Any, run_start: float) -> int:
+    """The command on one rank (the only one without MPI)."""
     settings, out, previous = resolve_settings(args)
+    if world.size > 1:  # rank 0's run folder (default names hold a time), equal settings
+        out = Path(world.broadcast_object(str(out)))
+        parallel.check_settings(world, settings, out)
     flag = "--out" if previous is None else "--resume"
     check_writable_folder(out, flag)  # before any work: nothing is created yet
+    if world.size > 1:
+        world.barrier()  # every rank checked the folder before rank 0 writes into it
     with writing_to(out, flag):
-        return _train(args, settings, out, previous, run_start)
+        return _train(args, settings, out, previous, run_start, world)
 
 
 def _train(args: argparse.Namespace, settings: dict, out: Path, previous: dict | None,
-           run_start: float) -> int:
-    quiet = bool(args.quiet)
+           run_start: float, world: Any = None) -> int:
+    world = world if world is not None else dist.SingleProcess()
+    main_rank = world.rank == 0
+    quiet = bool(args.quiet) or not main_rank
     if previous is not None:
         finished = _finished(out, settings)
         if finished is not None:  # no second test evaluation, no new config entry
-            print(finished)
+            if main_rank:
+                print(finished)
             return 0
-    device = resolve_device(settings["device"], _device_source(args, settings))
+    comm = None
+    if world.size > 1:
+        with contextlib.redirect_stderr(io.StringIO()) if not main_rank else \
+                contextlib.nullcontext():  # the device notice once, from rank 0
+            comm = dist_init(args, settings)
+    device = comm.device if comm is not None else \
+        resolve_device(settings["device"], _device_source(args, settings))
+    if comm is not None:
+        _check_global_batches(settings, comm.size, validation=settings["val_split"] != 0)
     if settings["amp"]:
         if device.kind == "cpu":
             raise CLIError(AMP_CPU_MESSAGE)
@@ -572,12 +631,16 @@ def _train(args: argparse.Namespace, settings: dict, out: Path, previous: dict |
             raise CLIError(f"--amp keeps float32 master weights; it cannot be combined with "
                            f"--dtype {settings['dtype']}")
     saved = None if previous is None else _check_resume_checkpoint(out)
+    if world.rank != 0:
+        world.barrier()   # rank 0 loads (and maybe downloads) the data first
     data = _Data(settings)
+    if world.size > 1 and world.rank == 0:
+        world.barrier()
 
     seed_all(int(settings["seed"]))
     recipe_callbacks: list[Callback] = []
     if settings["recipe"] == "airbench":
-        parts = airbench_run(settings, data, device)
+        parts = airbench_run(settings, data, device, comm)
         model, optimizer, scheduler, loss = parts.model, parts.optimizer, parts.scheduler, \
             parts.loss
         train_loader, val_loader, test_loader = parts.train_loader, parts.val_loader, \
@@ -588,9 +651,9 @@ def _train(args: argparse.Namespace, settings: dict, out: Path, previous: dict |
         model = build_preset(settings["model"], num_classes=len(data.classes),
                              dtype=settings["dtype"], width=settings["width"])
         model.to(device)
-        train_loader = _loader(data.train, settings, device, train=True)
+        train_loader = _loader(data.train, settings, device, train=True, comm=comm)
         val_loader = None if data.val is None else _loader(data.val, settings, device,
-                                                           train=False)
+                                                           train=False, comm=comm)
         test_loader = _loader(data.test, settings, device, train=False)
         try:  # the library validates its arguments; the flags were checked already
             optimizer = build_optimizer(settings, model)
@@ -609,12 +672,14 @@ def _train(args: argparse.Namespace, settings: dict, out: Path, previous: dict |
             raise CLIError(f"--resume {out}: {out / rd.CHECKPOINT} does not fit the run's "
                            f"model ({exc})") from None
 
-    if previous is None and getattr(args, "overwrite", False) and (out / rd.CONFIG).exists():
+    if main_rank and previous is None and getattr(args, "overwrite", False) and \
+            (out / rd.CONFIG).exists():
         removed = rd.remove_run_files(out)  # only now: data and settings were fine
         if not quiet:
             eprint(_message(f"--overwrite: deleted the previous run's files in {out}: "
                             f"{', '.join(removed)}"))
-    out.mkdir(parents=True, exist_ok=True)
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
     trainable, buffers = count_parameters(model)
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     if previous is None:
@@ -631,15 +696,21 @@ def _train(args: argparse.Namespace, settings: dict, out: Path, previous: dict |
         config.setdefault("resumed", []).append(
             {"time": now, "command": getattr(args, "argv", sys.argv), "device": str(device),
              "machine": rd.machine_info(device), "gpuconv_version": __version__})
-    rd.write_json(out / rd.CONFIG, config)
-    if previous is None:
+    config["distributed"] = parallel.describe(comm or world)
+    if previous is not None:
+        config["resumed"][-1]["distributed"] = config["distributed"]
+    if main_rank:
+        rd.write_json(out / rd.CONFIG, config)
+    if previous is None and main_rank:
         rd.write_text(out / rd.SUMMARY_TXT, model.summary(INPUT_SHAPE, print_fn=None) + "\n")
 
     monitor = settings["monitor"] if val_loader is not None else settings["monitor"][4:]
-    callbacks: list[Callback] = [*recipe_callbacks,
-                                 HistoryLogger(out / rd.HISTORY_JSON, out / rd.HISTORY_CSV)]
-    if not recipe_callbacks:  # a recipe's model is the final one (lookahead writes it last)
-        callbacks.append(ModelCheckpoint(out / rd.MODEL, monitor=monitor, save_best_only=True))
+    callbacks: list[Callback] = list(recipe_callbacks)  # they change the model: every rank
+    if main_rank:  # the file writers on rank 0 only
+        callbacks.append(HistoryLogger(out / rd.HISTORY_JSON, out / rd.HISTORY_CSV))
+        if not recipe_callbacks:  # a recipe's model is the final one (lookahead writes it)
+            callbacks.append(ModelCheckpoint(out / rd.MODEL, monitor=monitor,
+                                             save_best_only=True))
     if settings["patience"] > 0:
         callbacks.append(EarlyStopping(monitor=monitor, patience=int(settings["patience"]),
                                        restore_best_weights=True))
@@ -647,6 +718,7 @@ def _train(args: argparse.Namespace, settings: dict, out: Path, previous: dict |
     checkpoint = out / rd.CHECKPOINT
     if not quiet:
         amp = ", amp float16" if settings["amp"] else ""
+        ranks = "" if comm is None else f" x {comm.size} ranks ({comm.backend})"
         val = 0 if data.val is None else len(data.val)
         resumed = ""
         if previous is not None:
@@ -654,8 +726,8 @@ def _train(args: argparse.Namespace, settings: dict, out: Path, previous: dict |
             resumed = f" (resumed at {ckpt.describe()})" if ckpt is not None else " (resumed)"
         eprint(_message(
             f"gpuconv {__version__}: training {settings['model']} ({trainable:,} parameters) "
-            f"on {device} [{settings['dtype']}{amp}]; {len(data.train)} train / {val} val / "
-            f"{len(data.test)} test images from {data.root}",
+            f"on {device}{ranks} [{settings['dtype']}{amp}]; {len(data.train)} train / "
+            f"{val} val / {len(data.test)} test images from {data.root}",
             f"run folder: {out}{resumed}"))
     start = time.perf_counter()
     try:
@@ -664,14 +736,20 @@ def _train(args: argparse.Namespace, settings: dict, out: Path, previous: dict |
                                 val_data=val_loader, callbacks=callbacks, scheduler=scheduler,
                                 verbose=verbose, checkpoint_path=checkpoint,
                                 checkpoint_every=settings["checkpoint_every"],
-                                amp=bool(settings["amp"]),
+                                amp=bool(settings["amp"]), comm=comm,
                                 resume_from=checkpoint if previous is not None else None)
     except TrainingInterrupted as exc:
-        eprint(_interrupted_message(exc, out, len(train_loader)))
+        if main_rank:
+            eprint(_interrupted_message(exc, out, len(train_loader)))
+        if world.size > 1 and exc.reason != "hard":  # every rank stopped at this step
+            world.barrier()  # rank 0's message is out before the job ends
+            return parallel.AgreedExit(130)
         return 130
     except FloatingPointError as exc:
         raise CLIError(_failed_message(exc, out, config)) from None  # the settings' doing: exit 2
     train_time = time.perf_counter() - start
+    if not main_rank:
+        return 0  # rank 0 writes the report
 
     # Final report with the best model (model.npz: best value of the monitored metric),
     # or a recipe's final model

@@ -19,6 +19,13 @@ Randomness comes from host NumPy generators keyed by ``(seed, epoch)`` only:
 the order (``gpuconv.backend.epoch_order``, the same as :class:`DataLoader`'s),
 the shifts and the flips of epoch ``e`` are the same on the CPU and on a GPU,
 and a resumed run sees the same batches without saving any generator state.
+
+Data parallelism (``comm``): the same global-batch rule as
+:class:`DataLoader`'s. ``batch_size`` is the global batch (it must divide by
+``comm.size``); every rank holds the whole set, walks the same order and
+yields its contiguous shard of each global batch
+(:func:`gpuconv.distributed.shard_bounds`), with the shifts and flips of
+those samples, so the ranks together see exactly one process's batches.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from typing import Any, Iterator, Sequence
 import numpy
 
 from ..backend import Device, epoch_order, get_device, get_seed, to_device
+from ..distributed import shard_bounds
 from .augment import Normalize, crop_and_flip, pad_images
 from .datasets import ArrayDataset
 
@@ -75,6 +83,8 @@ class DeviceDataLoader:
         translate: maximal random shift in pixels (reflect-padded), 0 for none.
         flip: None, ``"random"`` or ``"alternating"`` (see the module docstring).
         dtype: float dtype of the stored and delivered images (default float32).
+        comm: a :mod:`gpuconv.distributed` communicator: ``batch_size`` is the global
+            batch and each rank yields its shard (see the module docstring).
 
     Yields ``x`` (B, C, H, W) ``dtype`` and ``y`` int64 (B,) on ``device``. Device
     memory: the (padded) float images, N C (H + 2t) (W + 2t) values, held for the
@@ -86,7 +96,7 @@ class DeviceDataLoader:
                  device: "str | Device | None" = None,
                  normalize: "tuple[Sequence[float], Sequence[float]] | Normalize | None" = None,
                  translate: int = 0, flip: "str | None" = None,
-                 dtype: Any = numpy.float32) -> None:
+                 dtype: Any = numpy.float32, comm: Any = None) -> None:
         if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
             dataset = ArrayDataset(*dataset)
         if not (hasattr(dataset, "images") and hasattr(dataset, "labels")):
@@ -119,6 +129,13 @@ class DeviceDataLoader:
         self.image_size = (int(images.shape[2]), int(images.shape[3]))
         self.num_samples = int(images.shape[0])
         self.epoch = 0
+        self._skip = 0  # batches the next iteration leaves out (skip_batches)
+        self.comm = comm
+        self.rank, self.world = (0, 1) if comm is None else (int(comm.rank), int(comm.size))
+        if self.batch_size % self.world:
+            raise ValueError(f"DeviceDataLoader: the global batch_size {self.batch_size} does "
+                             f"not divide by the {self.world} ranks; use a multiple of "
+                             f"{self.world} (each rank gets batch_size / {self.world})")
         with self.device.context():
             self.images = self._upload(images)
             self.labels = to_device(numpy.ascontiguousarray(labels, dtype=numpy.int64),
@@ -155,6 +172,14 @@ class DeviceDataLoader:
             raise ValueError(f"DeviceDataLoader: epoch must be >= 0, got {epoch}")
         self.epoch = int(epoch)
 
+    def skip_batches(self, n: int) -> None:
+        """Make the next ``iter(loader)`` start at batch ``n + 1`` of its epoch (``fit``
+        resuming in the middle of an epoch): the first ``n`` are not gathered. Applies
+        to one iteration only."""
+        if isinstance(n, bool) or not isinstance(n, (int, numpy.integer)) or n < 0:
+            raise ValueError(f"DeviceDataLoader: skip_batches needs an int >= 0, got {n!r}")
+        self._skip = int(n)
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "seed": self.seed}
 
@@ -170,9 +195,10 @@ class DeviceDataLoader:
     def __iter__(self) -> Iterator[tuple[Array, Array]]:
         epoch = self.epoch
         self.epoch += 1
-        return self._iterate(epoch)
+        skip, self._skip = self._skip, 0  # see skip_batches
+        return self._iterate(epoch, skip)
 
-    def _iterate(self, epoch: int) -> Iterator[tuple[Array, Array]]:
+    def _iterate(self, epoch: int, skip: int = 0) -> Iterator[tuple[Array, Array]]:
         n, b, r = self.num_samples, self.batch_size, self.translate
         order = self.order(epoch)
         flips = flip_mask(n, self.seed, epoch, self.flip)
@@ -181,8 +207,11 @@ class DeviceDataLoader:
         else:
             top = left = numpy.zeros(n, dtype=numpy.int64)
         dev = self.device
-        for start in range(0, len(self) * b, b):
+        for start in range(skip * b, len(self) * b, b):
             idx = order[start:min(start + b, n)]
+            if self.world > 1:  # this rank's shard of the global batch
+                lo, hi = shard_bounds(len(idx), self.world, self.rank)
+                idx = idx[lo:hi]
             with dev.context():
                 rows = to_device(idx, dev)
                 x = crop_and_flip(self.images, rows, to_device(top[idx], dev),

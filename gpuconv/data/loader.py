@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy
 
 from ..backend import Device, epoch_order, get_device, get_seed, to_device
+from ..distributed import shard_bounds
 from .augment import Normalize
 from .datasets import ArrayDataset
 from .datasets.cifar import CIFAR10_MEAN, CIFAR10_STD
@@ -140,6 +141,18 @@ class DataLoader:
             ahead; an int: that many; False/0: gather inline). The batches are the
             same either way.
         dtype: float dtype of the delivered images (default float32).
+        comm: a :mod:`gpuconv.distributed` communicator for data-parallel
+            training. ``batch_size`` is then the *global* batch, which must divide
+            by ``comm.size``: every rank walks the same (seeded) order and yields
+            its contiguous shard of each global batch (rank r: samples
+            ``[r*B/N, (r+1)*B/N)``), so the ranks together see exactly the
+            batches one process sees. An epoch's last, shorter batch is split as
+            evenly as possible (:func:`gpuconv.distributed.shard_bounds`; a shard
+            may be empty when it has fewer samples than ranks; ``fit`` weights
+            the gradients by shard size, so the step is still one process's).
+            With ``augment`` every rank augments the whole global batch and keeps
+            its rows, so the random draws (crops, flips) are also one process's;
+            the price is the augmentation (not the model) running on every rank.
 
     Yields:
         ``x``: ``(B, C, H, W)`` ``dtype`` array on ``device``. uint8 images become
@@ -158,7 +171,8 @@ class DataLoader:
                  device: "str | Device | None" = None,
                  normalize: "tuple[Sequence[float], Sequence[float]] | Normalize | None" = None,
                  augment: "Callable[[Array], Array] | None" = None,
-                 prefetch: "bool | int" = True, dtype: Any = numpy.float32) -> None:
+                 prefetch: "bool | int" = True, dtype: Any = numpy.float32,
+                 comm: Any = None) -> None:
         if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
             images, labels = dataset
             classes = None
@@ -200,6 +214,12 @@ class DataLoader:
         self.prefetch = 2 if prefetch is True else int(prefetch or 0)
         self.epoch = 0
         self._skip = 0  # batches the next iteration leaves out (skip_batches)
+        self.comm = comm
+        self.rank, self.world = (0, 1) if comm is None else (int(comm.rank), int(comm.size))
+        if self.batch_size % self.world:
+            raise ValueError(f"DataLoader: the global batch_size {self.batch_size} does not "
+                             f"divide by the {self.world} ranks; use a multiple of "
+                             f"{self.world} (each rank gets batch_size / {self.world})")
 
     # -- bookkeeping -------------------------------------------------------------
     @property
@@ -241,8 +261,19 @@ class DataLoader:
         jobs = []
         for start in range(0, len(self) * b, b):
             stop = min(start + b, n)
-            jobs.append(slice(start, stop) if not self.shuffle else order[start:stop])
+            job = slice(start, stop) if not self.shuffle else order[start:stop]
+            jobs.append(job if self.world == 1 else self._shard_job(job, stop - start))
         return jobs
+
+    def _shard_job(self, job: Any, n: int) -> "_ShardJob":
+        """This rank's part of a global batch job of ``n`` samples: gather only the
+        shard, or (with augment) the whole batch and keep the shard's rows."""
+        lo, hi = shard_bounds(n, self.world, self.rank)
+        if self.augment is not None:
+            return _ShardJob(job, slice(lo, hi))
+        if isinstance(job, slice):
+            return _ShardJob(slice(job.start + lo, job.start + hi), None)
+        return _ShardJob(job[lo:hi], None)
 
     def __iter__(self) -> Iterator[tuple[Array, Array]]:
         epoch = self.epoch
@@ -254,16 +285,20 @@ class DataLoader:
         fetch = _Gather(self.images, self.labels)
         source = _Prefetcher(fetch, jobs, self.prefetch) if self.prefetch else map(fetch, jobs)
         try:
-            for host_x, host_y in source:
-                yield self.to_device(host_x, host_y)
+            for host_x, host_y, *keep in source:
+                yield self.to_device(host_x, host_y, *keep)
         finally:
             if isinstance(source, _Prefetcher):
                 source.close()
 
-    def to_device(self, host_x: numpy.ndarray, host_y: numpy.ndarray) -> tuple[Array, Array]:
+    def to_device(self, host_x: numpy.ndarray, host_y: numpy.ndarray,
+                  keep: "slice | None" = None) -> tuple[Array, Array]:
         """Upload one host batch and convert it as the iterator does: uint8 or float
-        ``(B, C, H, W)`` and int ``(B,)`` -> ``(x, y)`` on :attr:`device`."""
+        ``(B, C, H, W)`` and int ``(B,)`` -> ``(x, y)`` on :attr:`device`. ``keep``:
+        the rows to keep after augmentation (a rank's shard of a global batch)."""
         dev = self.device
+        if keep is not None:
+            host_y = host_y[keep]
         with dev.context():
             x = to_device(host_x, dev)
             y = to_device(numpy.ascontiguousarray(host_y, dtype=numpy.int64), dev)
@@ -276,6 +311,8 @@ class DataLoader:
                     x /= 255.0
                     scale_uint8 = False
                 x = self.augment(x)
+            if keep is not None:
+                x = x[keep]
             if self.normalize is not None:
                 scale, shift = self.normalize.scale_shift(
                     x, pre_scale=1.0 / 255.0 if scale_uint8 else 1.0)
@@ -298,5 +335,17 @@ class _Gather:
         self.images = images
         self.labels = labels
 
-    def __call__(self, job: Any) -> tuple[numpy.ndarray, numpy.ndarray]:
+    def __call__(self, job: Any) -> tuple:
+        if isinstance(job, _ShardJob):
+            return self.images[job.gather], self.labels[job.gather], job.keep
         return self.images[job], self.labels[job]
+
+
+class _ShardJob:
+    """A rank's batch job: the samples to gather, and the rows of them to keep
+    after augmentation (None: keep all)."""
+
+    __slots__ = ("gather", "keep")
+
+    def __init__(self, gather: Any, keep: "slice | None") -> None:
+        self.gather, self.keep = gather, keep

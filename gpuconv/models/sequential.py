@@ -37,7 +37,7 @@ class Sequential(_Sequential):
             resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
             checkpoint_path: "str | os.PathLike | None" = None, amp: bool = False,
             grad_scaler: Any = None, max_steps: int | None = None,
-            checkpoint_every: Any = loop.DEFAULT_CHECKPOINT_EVERY) -> History:
+            checkpoint_every: Any = loop.DEFAULT_CHECKPOINT_EVERY, comm: Any = None) -> History:
         """Train for up to ``epochs`` epochs (1-based, counting resumed ones).
 
         - ``train_data``/``val_data``: re-iterable objects yielding ``(x, y)``
@@ -87,6 +87,16 @@ class Sequential(_Sequential):
           (its state is saved in checkpoints and restored on resume).
         - ``max_steps``: end training after this many batches in total
           (resumed ones included), mid-epoch if need be; None: no limit.
+        - ``comm``: a :mod:`gpuconv.distributed` communicator for data-parallel
+          training (each rank's ``train_data`` yields its shard, e.g. a
+          ``DataLoader(..., comm=comm)`` or ``DeviceDataLoader(..., comm=comm)``):
+          settings compared across ranks, rank 0's weights broadcast at the start
+          (and after a resume), gradients averaged (sample-weighted; summed for a
+          loss with ``reduction="sum"``) after every backward pass, logs and
+          evaluation reduced over the ranks, stop requests and periodic
+          checkpoints agreed on by all ranks at the same step; only rank 0 prints
+          and writes the checkpoint. Callbacks run on every rank (write files on
+          rank 0 only).
 
         Returns the :class:`History`: per-epoch logs with ``epoch, loss,
         accuracy, val_loss, val_accuracy, lr, time, images_per_s, skipped`` (and
@@ -96,13 +106,15 @@ class Sequential(_Sequential):
                         callbacks=callbacks, scheduler=scheduler, verbose=verbose,
                         resume_from=resume_from, nan_policy=nan_policy,
                         checkpoint_path=checkpoint_path, amp=amp, grad_scaler=grad_scaler,
-                        max_steps=max_steps, checkpoint_every=checkpoint_every)
+                        max_steps=max_steps, checkpoint_every=checkpoint_every, comm=comm)
 
-    def evaluate(self, data: Iterable, loss: Any = None, tta: "bool | int" = False) -> dict:
+    def evaluate(self, data: Iterable, loss: Any = None, tta: "bool | int" = False,
+                 comm: Any = None) -> dict:
         """``{"loss", "accuracy", "samples"}`` over ``data`` in eval mode (see
         :func:`gpuconv.training.loop.evaluate`); ``loss=None`` reuses fit's loss;
-        ``tta=True`` averages the outputs over 6 mirrored/shifted views."""
-        return loop.evaluate(self, data, loss, tta)
+        ``tta=True`` averages the outputs over 6 mirrored/shifted views; ``comm``:
+        each rank's ``data`` is its shard, the totals are summed over the ranks."""
+        return loop.evaluate(self, data, loss, tta, comm)
 
     def predict(self, x: Array, batch_size: int = 256, tta: "bool | int" = False) -> Array:
         """Model outputs (device array (N, ...)) for ``x`` (N, ...) on the model's device,

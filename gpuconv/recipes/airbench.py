@@ -156,14 +156,16 @@ def build_loader(dataset: Any, recipe: AirbenchRecipe = AirbenchRecipe(),
                  device: "str | Device | None" = None, seed: "int | None" = None,
                  train: bool = True, mean: Sequence[float] = CIFAR10_MEAN,
                  std: Sequence[float] = CIFAR10_STD,
-                 eval_batch_size: int = 2000) -> DeviceDataLoader:
+                 eval_batch_size: int = 2000, comm: Any = None) -> DeviceDataLoader:
     """The device-resident loader: training (shuffled, full batches only, translate +
-    alternating flip) or evaluation (in order, no augmentation, ``eval_batch_size``)."""
+    alternating flip) or evaluation (in order, no augmentation, ``eval_batch_size``).
+    ``comm``: data parallel, each rank yields its shard of every global batch."""
     if train:
         return DeviceDataLoader(dataset, recipe.batch_size, shuffle=True, drop_last=True,
                                 seed=seed, device=device, normalize=(mean, std),
-                                translate=recipe.translate, flip=recipe.flip)
-    return DeviceDataLoader(dataset, eval_batch_size, device=device, normalize=(mean, std))
+                                translate=recipe.translate, flip=recipe.flip, comm=comm)
+    return DeviceDataLoader(dataset, eval_batch_size, device=device, normalize=(mean, std),
+                            comm=comm)
 
 
 def build_callbacks(model: Sequential, steps: int,
@@ -198,12 +200,14 @@ def train(train_set: Any, test_set: Any = None, recipe: AirbenchRecipe = Airbenc
           **fit_kwargs: Any) -> AirbenchResult:
     """Train airbench on ``train_set`` (``.images`` uint8 (N, 3, 32, 32), ``.labels``)
     and score it on ``test_set``; ``fit_kwargs`` go to :meth:`Sequential.fit`
-    (``checkpoint_path``, ``resume_from``, ``amp``, extra ``callbacks`` ...)."""
+    (``checkpoint_path``, ``resume_from``, ``amp``, extra ``callbacks``, ``comm`` ...;
+    with a ``comm`` the training loader yields this rank's shard of every global
+    batch)."""
     start = time.perf_counter()
     seed_everything(seed)
     device = get_device(device)
     model = build_model(recipe, len(getattr(train_set, "classes", None) or range(10)), device)
-    loader = build_loader(train_set, recipe, device, seed)
+    loader = build_loader(train_set, recipe, device, seed, comm=fit_kwargs.get("comm"))
     whiten(model, loader.normalized_images(recipe.whiten_images), recipe)
     steps = total_steps(loader.num_samples, recipe)
     optimizer = build_optimizer(model, recipe)

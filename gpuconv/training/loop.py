@@ -62,6 +62,17 @@ scheduler, grad-scaler and callback states, and every history field except
 the two measured ones, ``time`` and ``images_per_s`` (wall-clock). A
 checkpoint whose run ended (status ``finished`` or ``stopped``) trains only
 epochs beyond the last one, and none after early stopping.
+
+Data parallelism (``comm``, :mod:`gpuconv.distributed`): every rank runs the
+same steps on its shard of each global batch. Everything that decides where
+training stops is agreed on by all ranks at the same step boundary: a stop
+request that reached any rank (Ctrl-C and SIGTERM reach every rank through
+mpiexec; one rank's signal or callback is enough) and a periodic checkpoint
+that is due on any rank (one small host allreduce per step). Checkpoints are
+written by rank 0 only, with the partial epoch's running totals summed over
+the ranks, and every rank waits until it is on disk. A mid-epoch checkpoint
+resumes with any number of ranks (the global batch and the data order do
+not depend on it): the loader skips the global batches already trained.
 """
 from __future__ import annotations
 
@@ -76,6 +87,7 @@ from ..backend import (Array, Device, device_of, get_array_module, get_device, k
                        reseed_for_epoch, set_state, to_numpy)
 from ..layers.base import Layer
 from ..amp import GradScaler, check_amp_device, enable_mixed_precision, scaled_backward_step
+from ..distributed import Communicator, DataParallel, reduce_epoch_stats
 from .batches import ArrayBatches, bind_device, check_batch
 from .callbacks import Callback, CallbackList, History
 from .checkpointing import DEFAULT_CHECKPOINT_EVERY, CheckpointEvery, partial_state
@@ -144,6 +156,10 @@ def _lr(optimizer: Any) -> float | None:
     return None if lr is None else float(lr)
 
 
+#: A partial epoch's totals reset (the ranks other than 0 on a data-parallel resume).
+_NO_TOTALS = {"steps": 0, "samples": 0, "loss_sum": 0.0, "correct_sum": 0, "synced_samples": 0}
+
+
 class _Stop(Exception):
     """Internal: a stop was requested and the loop is at a boundary (see interrupts)."""
 
@@ -178,9 +194,12 @@ class _Epoch:
         if self.phase == "validate":
             self.train_time = self.before
 
-    def record(self, amp_skipped: int) -> dict:
+    def record(self, amp_skipped: int, stats: dict | None = None) -> dict:
+        """The partial-epoch record; ``stats``: totals to record instead of this rank's
+        (data parallelism: the sums over the ranks)."""
         return partial_state(self.epoch, self.step, self.phase, self.lr, self.elapsed(),
-                             self.stats.state_dict(), self.skipped, amp_skipped)
+                             self.stats.state_dict() if stats is None else stats,
+                             self.skipped, amp_skipped)
 
 
 def _all_finite(model: Layer) -> bool:
@@ -200,7 +219,7 @@ class _Run:
                  scheduler, verbose, nan_policy, checkpoint_path,
                  scaler: GradScaler | None = None,
                  checkpoint_every: CheckpointEvery = CheckpointEvery(),
-                 max_steps: int | None = None) -> None:
+                 max_steps: int | None = None, comm: Communicator | None = None) -> None:
         self.model, self.epochs, self.optimizer, self.loss = model, epochs, optimizer, loss
         self.scaler = scaler
         self.amp_skipped = 0       # steps of the current epoch skipped for inf/NaN gradients
@@ -225,10 +244,17 @@ class _Run:
         self.stops = StopRequests()
         self.last_save = time.monotonic()
         self.steps_since_save = 0
+        # ---- data parallelism (gpuconv.distributed): None in a single process
+        self.comm = comm
+        self.dp = DataParallel(comm, model, loss) if comm is not None and comm.size > 1 \
+            else None
+        if self.dp is not None and not self.dp.is_main:
+            self.verbose = 0       # only rank 0 prints
 
     # ---- checkpoints -------------------------------------------------------------------
     def resume(self, path: "str | os.PathLike") -> None:
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path) if self.dp is None else \
+            self.dp.load_checkpoint(path, load_checkpoint)  # read on rank 0, sent to all
         restore_model(ckpt, self.model)
         if ckpt.optimizer_state is not None:
             self.optimizer.load_state_dict(ckpt.optimizer_state)
@@ -257,7 +283,11 @@ class _Run:
                           "weights)", stacklevel=3)
 
     def save(self, status: str = "running") -> None:
-        """Write the checkpoint of the current position (a step or epoch boundary)."""
+        """Write the checkpoint of the current position (a step or epoch boundary).
+
+        With several ranks every rank calls this at the same boundary (the partial
+        totals are summed over the ranks), rank 0 writes, and all return once the
+        file is written."""
         extra: dict[str, Any] = {"callbacks": self.callbacks.state_dict(), "epochs": self.epochs,
                                  "steps": self.steps}
         if hasattr(self.train_data, "state_dict"):
@@ -267,7 +297,7 @@ class _Run:
         current = self.current
         partial = None
         if current is not None and (current.step > 0 or current.phase == "validate"):
-            partial = current.record(self.amp_skipped)  # syncs the running totals
+            partial = current.record(self.amp_skipped, self._global_stats(current))
             if current.stats.first_bad_step is not None:
                 raise _nan_error(current.epoch, current.stats)
         if not _all_finite(self.model):  # never overwrite the last good checkpoint
@@ -282,21 +312,49 @@ class _Run:
                                      "phase": current.phase} if partial is not None
                                     else {"epoch": self.completed, "step": 0})
             extra["interrupted"]["reason"] = self.stops.requested
-        save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler,
-                        self.completed, self.history, extra, partial=partial, status=status)
+        if self.dp is None or self.dp.is_main:  # only rank 0 writes (the states are equal)
+            save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler,
+                            self.completed, self.history, extra, partial=partial,
+                            status=status)
+        if self.dp is not None:
+            self.comm.barrier()  # no rank goes on (or exits) before the file is written
         self.last_save = time.monotonic()
         self.steps_since_save = 0
 
+    def _global_stats(self, current: _Epoch) -> dict | None:
+        """The partial epoch's totals over all ranks (None in a single process). During
+        validation they were summed already (after the training steps)."""
+        if self.dp is None or current.phase != "train":
+            return None
+        totals = EpochStats()
+        totals.load_state_dict(current.stats.state_dict())
+        reduce_epoch_stats(self.comm, totals)
+        return totals.state_dict()
+
+    def agreed_stop(self, *flags: bool) -> tuple:
+        """``(stop requested, *flags)`` agreed on by every rank: a stop request on any
+        rank is one on all (its reason kept), a flag set on any rank is set on all.
+        In a single process the local values."""
+        if self.dp is None:
+            return (self.stops.requested is not None, *flags)
+        reason, *flags = self.dp.agree(self.stops.requested, *flags)
+        if reason is not None:
+            self.stops.request(reason)  # another rank's request (keeps a local one)
+        return (reason is not None, *flags)
+
     def boundary(self) -> None:
         """At a step boundary: honour a stop request, write a periodic checkpoint if due."""
-        if self.stops.requested is not None:
+        due = self.every.enabled and self.every.due(time.monotonic() - self.last_save,
+                                                    self.steps_since_save)
+        stop, due = self.agreed_stop(due)
+        if stop:
             raise _Stop
-        if self.every.enabled and self.every.due(time.monotonic() - self.last_save,
-                                                 self.steps_since_save):
+        if due:
             self.save()
 
     def check_stop(self) -> None:
-        if self.stops.requested is not None:
+        stop, = self.agreed_stop()
+        if stop:
             raise _Stop
 
     # ---- one epoch ---------------------------------------------------------------------
@@ -329,21 +387,33 @@ class _Run:
             x, y = _unpack(batch, where)
             check_batch(x, y, self.device, where)
             optimizer.zero_grad()
-            pred = model.forward(x)
-            value = loss.forward(loss_input(model, pred), y)
-            if self.skip and not bool(to_numpy(get_array_module(value).isfinite(value))):
+            n = int(x.shape[0])
+            empty = self.dp is not None and n == 0  # see gpuconv.distributed.sharding
+            if empty:
+                self._check_empty_shard(where)
+                value = None
+            else:
+                pred = model.forward(x)
+                value = loss.forward(loss_input(model, pred), y)
+            if self.skip and not self._finite(value):
                 current.skipped += 1  # per-step sync: only in 'skip' mode
                 model.clear_cache()
             else:
-                correct = correct_count(pred, y)
-                if scaler is None:
-                    model.backward_params(loss.backward())  # the input gradient is not needed
-                    optimizer.step()
-                elif not scaled_backward_step(model, optimizer, loss, pred, scaler, params):
-                    self.amp_skipped += 1  # a gradient overflowed: step skipped
-                stats.add(value, correct, x.shape[0])
+                if empty:
+                    self._empty_shard_step(params)
+                else:
+                    correct = correct_count(pred, y)
+                    if scaler is None:
+                        model.backward_params(loss.backward())  # no input gradient needed
+                        if self.dp is not None:
+                            self.dp.reduce_gradients(n)
+                        optimizer.step()
+                    elif not scaled_backward_step(model, optimizer, loss, pred, scaler, params,
+                                                  reduce_grads=self._reducer(n)):
+                        self.amp_skipped += 1  # a gradient overflowed: step skipped
+                    stats.add(self._logged(value), correct, n)
                 try:
-                    self.callbacks.on_batch_end(step, {"size": int(x.shape[0]), "loss": value})
+                    self.callbacks.on_batch_end(step, {"size": n, "loss": value})
                 except KeyboardInterrupt:  # a callback's stop request: finish the step first
                     self.stops.request("callback")
             if self.per_batch:
@@ -361,6 +431,44 @@ class _Run:
         if stats.first_bad_step is not None:
             raise _nan_error(epoch, stats)
 
+    # ---- data parallelism helpers (no-ops in a single process) -------------------------
+    def _finite(self, value: Array | None) -> bool:
+        if self.dp is not None:
+            return self.dp.all_finite(value)  # every rank must skip the same batches
+        return bool(to_numpy(get_array_module(value).isfinite(value)))
+
+    def _reducer(self, samples: int) -> Any:
+        return None if self.dp is None else (lambda: self.dp.reduce_gradients(samples))
+
+    def _logged(self, value: Array) -> Array:
+        """The loss value the epoch statistics add up: a ``reduction="sum"`` loss of a
+        rank's shard is 1/size of the global batch's sum, so it is scaled back (exact
+        for equal shards: all but an epoch's last, uneven batch)."""
+        if self.dp is None or not self.dp.summed_loss:
+            return value
+        return value * self.comm.size
+
+    def _check_empty_shard(self, where: str) -> None:
+        if self.dp.sync_bn_layers:
+            raise ValueError(f"{where}: this rank's shard of the global batch is empty (the "
+                             "batch has fewer samples than ranks) and the model has "
+                             "SyncBatchNorm, whose collectives every rank must join; use "
+                             "drop_last=True or a batch of at least one sample per rank")
+
+    def _empty_shard_step(self, params: Any) -> None:
+        """This rank got no samples of a global batch smaller than the number of ranks:
+        it contributes a zero gradient with weight 0 and takes the same step (with a
+        grad scaler: the same overflow decision and scale update as the others)."""
+        self.dp.reduce_gradients(0)
+        if self.scaler is None:
+            self.optimizer.step()
+            return
+        if self.scaler.unscale_(params):
+            self.optimizer.step()
+        else:
+            self.amp_skipped += 1
+        self.scaler.update()
+
     def run_epoch(self, epoch: int) -> dict:
         if self.device.kind != "cpu":  # device generators can't be checkpointed: see
             reseed_for_epoch(epoch)    # gpuconv.backend.random (CPU: state saved exactly)
@@ -373,6 +481,9 @@ class _Run:
         if resumed is not None and resumed["epoch"] == epoch:
             current.restore(resumed)
             self.amp_skipped = int(resumed["amp_skipped"])
+            if self.dp is not None and not self.dp.is_main:  # the totals (summed over the
+                current.stats.load_state_dict({**resumed["stats"], **_NO_TOTALS})  # ranks)
+                # continue on rank 0; the others start from zero with the same flags
         self.callbacks.on_epoch_begin(epoch, {"resumed_step": current.step}
                                       if resumed is not None else None)
         stats = current.stats
@@ -389,6 +500,8 @@ class _Run:
             if current.phase == "train":
                 self.train_epoch(epoch, current, progress)
                 current.train_time = current.elapsed()
+            if self.dp is not None:  # global loss/accuracy, rank 0's BN statistics
+                self.dp.after_train_epoch(stats)
             train_time = current.train_time
             if stats.steps == 0 and current.skipped == 0:
                 raise ValueError(f"fit: the training data yielded no batches in epoch {epoch}")
@@ -402,7 +515,8 @@ class _Run:
             if self.val_data is not None:
                 current.phase = "validate"
                 progress.validating()
-                val = _evaluate(self.model, self.val_data, self.loss, between=self.check_stop)
+                val = _evaluate(self.model, self.val_data, self.loss, between=self.check_stop,
+                                comm=self.comm)
                 logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
             if self.scheduler is not None and not self.per_batch:
                 if _takes_metric(self.scheduler):
@@ -411,6 +525,8 @@ class _Run:
                 else:
                     self.scheduler.step()
             logs["time"] = current.elapsed()
+            if self.dp is not None:
+                self.dp.end_epoch(epoch)
         except BaseException:
             logs = None
             raise
@@ -436,6 +552,9 @@ class _Run:
         notify = None if self.verbose == 0 else (
             lambda text: print("\n" + wrap_text(text, terminal_width(sys.stderr) - 1),
                                file=sys.stderr, flush=True))
+        if self.dp is not None:  # same settings everywhere, then rank 0's weights
+            self.dp.check_settings(self.optimizer, self.loss, self.train_data)
+            self.dp.broadcast()
         self.stops = StopRequests(notify)
         with self.stops:
             try:
@@ -453,13 +572,15 @@ class _Run:
                         self.stops.request("callback")
                     self.completed = epoch
                     self.current = None
+                    stop, early = self.agreed_stop(bool(model.stop_training))
+                    model.stop_training = early  # one rank's early stop ends every rank
                     last = model.stop_training or epoch == self.epochs or self.out_of_steps()
                     if self.checkpoint_path is not None:
                         self.save(("stopped" if model.stop_training else "finished") if last
-                                  else "interrupted" if self.stops.requested else "running")
+                                  else "interrupted" if stop else "running")
                     if last:
                         break
-                    if self.stops.requested is not None:
+                    if stop:
                         raise self.interrupted(self.stops.requested,
                                                self.checkpoint_path is not None)
             except _Stop:
@@ -482,7 +603,8 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
         resume_from: "str | os.PathLike | None" = None, nan_policy: str = "raise",
         checkpoint_path: "str | os.PathLike | None" = None, amp: bool = False,
         grad_scaler: GradScaler | None = None,
-        checkpoint_every: Any = DEFAULT_CHECKPOINT_EVERY, max_steps: int | None = None) -> History:
+        checkpoint_every: Any = DEFAULT_CHECKPOINT_EVERY, max_steps: int | None = None,
+        comm: Communicator | None = None) -> History:
     """Train ``model`` (see :meth:`gpuconv.models.Sequential.fit`)."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int, got {epochs!r}")
@@ -515,7 +637,7 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
     keep_freed_memory()  # see gpuconv.backend.host_memory: no page faults per step
     run = _Run(model, train_data, epochs, optimizer, loss, val_data, callbacks, scheduler,
                verbose, nan_policy, None if checkpoint_path is None else os.fspath(checkpoint_path),
-               grad_scaler, every, max_steps)
+               grad_scaler, every, max_steps, comm)
     with run.device.context():  # new arrays go to the model's GPU (a no-op on the CPU)
         if resume_from is not None:
             run.resume(resume_from)
@@ -527,7 +649,8 @@ def _tta_level(tta: "bool | int") -> int:
     return 2 if tta is True else 0 if tta is False else check_level(tta)
 
 
-def evaluate(model: Layer, data: Iterable, loss: Any = None, tta: "bool | int" = False) -> dict:
+def evaluate(model: Layer, data: Iterable, loss: Any = None, tta: "bool | int" = False,
+             comm: Communicator | None = None) -> dict:
     """Mean loss and accuracy of ``model`` over ``data`` in eval mode.
 
     ``data`` yields (x, y) batches on the model's device (or is an
@@ -536,14 +659,18 @@ def evaluate(model: Layer, data: Iterable, loss: Any = None, tta: "bool | int" =
     (:mod:`gpuconv.training.tta`; True = level 2, 6 views; 1 = mirror only).
     Returns ``{"loss": float | None, "accuracy": float | None, "samples": int}``
     (None where not applicable). Reads the device once.
-    Layer modes are restored and caches cleared afterwards.
+    Layer modes are restored and caches cleared afterwards. With ``comm`` (data
+    parallel: each rank's ``data`` yields its shard) the totals are summed over
+    the ranks, so every rank returns the global numbers; empty shards are skipped.
     """
-    return _evaluate(model, data, loss, tta=tta)
+    return _evaluate(model, data, loss, tta=tta, comm=comm)
 
 
 def _evaluate(model: Layer, data: Iterable, loss: Any = None,
-              between: "Callable[[], None] | None" = None, tta: "bool | int" = False) -> dict:
-    """:func:`evaluate`; ``between()`` runs before every batch (fit's stop check)."""
+              between: "Callable[[], None] | None" = None, tta: "bool | int" = False,
+              comm: Communicator | None = None) -> dict:
+    """:func:`evaluate`; ``between()`` runs before every batch (fit's stop check; with
+    ``comm`` a collective, so it runs on every rank for every batch, empty shards too)."""
     loss = loss if loss is not None else getattr(model, "_fit_loss", None)
     level = _tta_level(tta)
     device = model_device(model)
@@ -556,10 +683,17 @@ def _evaluate(model: Layer, data: Iterable, loss: Any = None,
             where = f"evaluate (step {step})"
             x, y = _unpack(batch, where)
             check_batch(x, y, device, where)
+            if comm is not None and x.shape[0] == 0:
+                continue  # a final batch smaller than the number of ranks
             pred = tta_forward(model.forward, x, level) if level else model.forward(x)
             value = None if loss is None else loss.forward(loss_input(model, pred), y)
+            if value is not None and comm is not None and comm.size > 1 and \
+                    getattr(loss, "reduction", "mean") == "sum":
+                value = value * comm.size  # a shard's sum: see _Run._logged
             stats.add(value, correct_count(pred, y), x.shape[0])
     stats.sync()
+    if comm is not None:
+        reduce_epoch_stats(comm, stats)
     if stats.steps == 0:
         raise ValueError("evaluate: the data yielded no batches")
     return {"loss": stats.loss, "accuracy": stats.accuracy, "samples": stats.samples}
