@@ -118,3 +118,12 @@ def test_recipe_trains_end_to_end_on_real_cifar10():
     assert 0.15 < result.accuracy <= 1 and 0.15 < result.tta_accuracy <= 1
     assert result.model.frozen_names()[0] == "0.weight"
     assert result.total_seconds >= result.train_seconds > 0
+
+
+def test_short_runs_get_a_schedule_without_warmup():
+    recipe = ab.AirbenchRecipe(width=0.125)
+    model = ab.build_model(recipe)
+    for steps in (1, 2, 4):  # int(0.23 * steps) == 0: no warmup segment
+        optimizer = ab.build_optimizer(model, recipe)
+        scheduler = ab.build_scheduler(optimizer, steps, recipe)
+        assert scheduler.get_lr_at(0) == pytest.approx(optimizer.param_groups[0]["lr"])

@@ -142,9 +142,14 @@ def total_steps(num_train: int, recipe: AirbenchRecipe = AirbenchRecipe()) -> in
 def build_scheduler(optimizer: SGD, steps: int,
                     recipe: AirbenchRecipe = AirbenchRecipe()) -> PiecewiseLinear:
     """airbench's lr factor: linear 0.2 -> 1.0 until step ``int(0.23 * steps)``, then
-    linear to 0.07 at ``steps``, applied after every batch."""
+    linear to 0.07 at ``steps``, applied after every batch. Runs too short for a
+    warmup (``int(0.23 * steps)`` of 0) go straight from the peak down to the end."""
+    if steps < 1:
+        raise ValueError(f"airbench: the schedule needs at least one step, got {steps}")
     warmup = int(steps * recipe.warmup)
     start, peak, end = recipe.lr_factors
+    if warmup == 0:
+        return PiecewiseLinear(optimizer, milestones=[0, steps], factors=[peak, end])
     return PiecewiseLinear(optimizer, milestones=[0, warmup, steps], factors=[start, peak, end])
 
 
