@@ -52,6 +52,6 @@ def test_readme_install_lines_match_pyproject_and_ci():
     pin = re.search(r'"torch==([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
     cpu = [line for line in lines if line.startswith("pip install torch==")]
     assert cpu == [f"pip install torch=={pin} --index-url https://download.pytorch.org/whl/cpu"]
-    assert r"download\.pytorch\.org/whl/cpu" in ci  # .ci/run installs it first
+    assert "download.pytorch.org" not in ci.split("set -uo")[1]  # CI has no internet
     n = len((REPO / "examples" / "train_cifar10.py").read_text().splitlines())
     assert f"{n}-line CIFAR-10 script" in text
