@@ -1,4 +1,4 @@
-"""2-D convolution (cross-correlation, like PyTorch) as im2col + one GEMM.
+"""2-D convolution (cross-correlation, like PyTorch) as im2col + GEMM.
 
 Two column layouts feed the same GEMM:
 
@@ -8,15 +8,29 @@ Two column layouts feed the same GEMM:
 
 ``method="auto"`` uses "rows" for stride 1 and "windows" otherwise. Both are
 kept and tested against each other.
+
+:func:`conv2d_forward` / :func:`conv2d_backward` run either the whole batch as
+one GEMM, keeping the columns for backward (the reference path, and the CUDA
+path: one cuBLAS call), or -- the default on the CPU (:func:`images_per_chunk`)
+-- the same code on chunks of a few images whose columns (~4 MiB) stay in the
+CPU cache, keeping only x (:class:`SavedInput`) and rebuilding a chunk's
+columns in backward: at airbench's batch 1024 the whole batch's columns are up
+to 0.9 GB, and writing them once and reading them twice through memory cost
+more than the GEMMs themselves.
 """
 from __future__ import annotations
 
-from ..backend import Array, get_array_module
-from .im2col import Pair, Padding, col2im, im2col
+from ..backend import Array, backend_of_module, get_array_module
+from .im2col import Pair, Padding, col2im, im2col, output_size
 from .im2col_rows import col2im_rows, im2col_rows, row_geometry
+from .reduce import channel_sum
 from .workspace import Workspace, scratch
 
 METHODS = ("auto", "rows", "windows")
+# column elements per batch chunk on the CPU (4 MiB of float32): measured at airbench's
+# shapes (batch 1024), 1 to 128 images per chunk, anything from 1 Mi to 4 Mi elements
+# was within noise; whole-batch columns were 2.2x slower
+CHUNK_COLUMN_ELEMENTS = 1 << 20
 
 
 def resolve_method(method: str, stride: Pair) -> str:
@@ -29,32 +43,71 @@ def resolve_method(method: str, stride: Pair) -> str:
     return method
 
 
+def _columns(x: Array, kernel: Pair, stride: Pair, padding: Padding, dilation: Pair,
+             method: str, workspace: Workspace | None) -> tuple[Array, int, int, int]:
+    """``(cols, OH, OW, Wp)``: x's columns in the layout of ``method`` (already resolved);
+    ``Wp`` is the width each output row is computed at (> OW for "rows")."""
+    if method == "rows":
+        cols = im2col_rows(x, kernel, padding, dilation, workspace)
+        _, wp, oh, ow, _ = row_geometry(x.shape, kernel, padding, dilation)
+        return cols, oh, ow, wp
+    cols = im2col(x, kernel, stride, padding, dilation, workspace)
+    oh, ow = cols.shape[-2:]
+    return cols, oh, ow, ow
+
+
+def _bias_sum(dy: Array, dy_mat: Array | None = None) -> Array:
+    """The bias gradient, dy (N, O, OH, OW) summed over N, OH, OW: a BLAS matrix-vector
+    sum (:func:`channel_sum`), one order whichever driver runs, so chunked and whole-batch
+    sums agree to the bit; float16 (mixed precision) sums of N*OH*OW terms lose digits,
+    so they accumulate in float32 (``dy_mat``: dy as (O, M), if at hand), as cuBLAS
+    does for the float16 GEMMs."""
+    xp = get_array_module(dy)
+    if dy.dtype != xp.float16:
+        return channel_sum(dy)
+    if dy_mat is None:
+        return dy.sum(axis=(0, 2, 3), dtype=xp.float32)
+    return dy_mat.sum(axis=1, dtype=xp.float32)
+
+
+class SavedInput:
+    """What :func:`conv2d_forward` keeps when it ran in batch chunks: the input itself
+    (a reference, no copy) and the chunk size; backward rebuilds each chunk's columns."""
+
+    __slots__ = ("x", "chunk")
+
+    def __init__(self, x: Array, chunk: int) -> None:
+        self.x, self.chunk = x, chunk
+
+
 def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
                    padding: Padding, dilation: Pair, method: str = "auto",
-                   workspace: Workspace | None = None) -> tuple[Array, Array]:
+                   workspace: Workspace | None = None, chunk: int | None = None,
+                   out: Array | None = None) -> tuple[Array, "Array | SavedInput"]:
     """``y`` (N, O, OH, OW) for ``x`` (N, C, H, W) and ``weight`` (O, C, KH, KW).
 
-    Returns ``(y, cols)``; ``cols`` is what :func:`conv2d_backward` needs
-    (pass it the same ``method`` and ``workspace``). With a workspace the
-    column and GEMM buffers are reused from call to call; ``y`` is always new.
+    Returns ``(y, saved)``; ``saved`` is what :func:`conv2d_backward` needs (pass it
+    the same ``method`` and ``workspace``): the columns when the whole batch ran as
+    one GEMM, a :class:`SavedInput` when it ran ``chunk`` images at a time (default
+    :func:`images_per_chunk`: the whole batch off the CPU). With a workspace the
+    column and GEMM buffers are reused from call to call; ``y`` is new, or ``out``
+    (N, O, OH, OW) when given.
     """
     xp = get_array_module(x, weight)
     n = x.shape[0]
     out_channels = weight.shape[0]
-    kernel = weight.shape[2:]
     method = resolve_method(method, stride)
-    if method == "rows":
-        cols = im2col_rows(x, kernel, padding, dilation, workspace)
-        _, wp, oh, ow, _ = row_geometry(x.shape, kernel, padding, dilation)
-    else:
-        cols = im2col(x, kernel, stride, padding, dilation, workspace)
-        oh, ow = cols.shape[-2:]
-        wp = ow
+    chunk = images_per_chunk(x, weight, stride, padding, dilation) if chunk is None else chunk
+    if chunk < n:
+        return _forward_chunked(x, weight, bias, stride, padding, dilation, method,
+                                workspace, chunk, out), SavedInput(x, chunk)
+    cols, oh, ow, wp = _columns(x, weight.shape[2:], stride, padding, dilation, method,
+                                workspace)
     y_mat = scratch(workspace, "y_mat", (out_channels, n * oh * wp), x.dtype, xp)
     xp.matmul(weight.reshape(out_channels, -1), cols.reshape(-1, n * oh * wp), out=y_mat)
     # crop the padded-width rows, go back to (N, O, OH, OW) and add the bias in one pass
     y_view = y_mat.reshape(out_channels, n, oh, wp)[..., :ow].transpose(1, 0, 2, 3)
-    y = xp.empty((n, out_channels, oh, ow), dtype=y_mat.dtype)
+    y = xp.empty((n, out_channels, oh, ow), dtype=y_mat.dtype) if out is None else out
     if bias is not None:
         xp.add(y_view, bias.reshape(1, -1, 1, 1), out=y)
     else:
@@ -62,18 +115,24 @@ def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
     return y, cols
 
 
-def conv2d_backward(dy: Array, cols: Array, weight: Array, x_shape: tuple[int, int, int, int],
-                    stride: Pair, padding: Padding, dilation: Pair, need_bias: bool,
-                    method: str = "auto", workspace: Workspace | None = None,
-                    need_input_grad: bool = True, need_weight_grad: bool = True,
+def conv2d_backward(dy: Array, saved: "Array | SavedInput | None", weight: Array,
+                    x_shape: tuple[int, int, int, int], stride: Pair, padding: Padding,
+                    dilation: Pair, need_bias: bool, method: str = "auto",
+                    workspace: Workspace | None = None, need_input_grad: bool = True,
+                    need_weight_grad: bool = True, dx_out: Array | None = None,
                     ) -> tuple[Array | None, Array | None, Array | None]:
-    """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` given ``dy`` (N, O, OH, OW).
+    """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` given ``dy`` (N, O, OH, OW)
+    and what the forward pass saved.
 
     ``dx`` is None when ``need_input_grad`` is False (the first layer of a
     network: its input gradient is never used, and it costs a GEMM + col2im);
     ``dweight`` is None when ``need_weight_grad`` is False (a frozen weight: its
-    GEMM is skipped); ``dbias`` is None unless ``need_bias``.
+    GEMM is skipped, and no columns are rebuilt); ``dbias`` is None unless
+    ``need_bias``. ``dx`` is new, or ``dx_out`` (N, C, H, W) when given.
     """
+    if isinstance(saved, SavedInput):
+        return _backward_chunked(dy, saved, weight, stride, padding, dilation, need_bias,
+                                 method, workspace, need_input_grad, need_weight_grad)
     xp = get_array_module(dy, weight)
     n, out_channels, oh, ow = dy.shape
     kernel = weight.shape[2:]
@@ -85,18 +144,88 @@ def conv2d_backward(dy: Array, cols: Array, weight: Array, x_shape: tuple[int, i
     if wp > ow:
         dy_mat[..., ow:] = 0
     dy_mat = dy_mat.reshape(out_channels, -1)
-    dweight = ((dy_mat @ cols.reshape(-1, dy_mat.shape[1]).T).reshape(weight.shape)
+    dweight = ((dy_mat @ saved.reshape(-1, dy_mat.shape[1]).T).reshape(weight.shape)
                if need_weight_grad else None)
-    # float16 (mixed precision) sums of N*OH*OW terms lose digits: accumulate in float32,
-    # as cuBLAS does for the float16 GEMMs
-    wide = xp.float32 if dy.dtype == xp.float16 else None
-    dbias = dy_mat.sum(axis=1, dtype=wide) if need_bias else None
+    dbias = _bias_sum(dy, dy_mat) if need_bias else None
     if not need_input_grad:
         return None, dweight, dbias
-    dcols = scratch(workspace, "dcols", cols.shape, dy.dtype, xp)
+    dcols_shape = (weight.shape[1],) + tuple(kernel) + (n,) + (
+        (oh * wp,) if method == "rows" else (oh, ow))
+    dcols = scratch(workspace, "dcols", dcols_shape, dy.dtype, xp)
     xp.matmul(weight.reshape(out_channels, -1).T, dy_mat, out=dcols.reshape(-1, dy_mat.shape[1]))
     if method == "rows":
-        dx = col2im_rows(dcols, x_shape, kernel, padding, dilation, workspace)
+        dx = col2im_rows(dcols, x_shape, kernel, padding, dilation, workspace, out=dx_out)
     else:
-        dx = col2im(dcols, x_shape, kernel, stride, padding, dilation, workspace)
+        dx = col2im(dcols, x_shape, kernel, stride, padding, dilation, workspace, out=dx_out)
+    return dx, dweight, dbias
+
+
+# ---- batch-chunked driver (CPU) --------------------------------------------------------------
+
+def images_per_chunk(x: Array, weight: Array, stride: Pair, padding: Padding,
+                     dilation: Pair) -> int:
+    """Images per batch chunk for x (N, C, H, W): N (one chunk) off the CPU, else the
+    largest power of two whose columns fit :data:`CHUNK_COLUMN_ELEMENTS` (at least 1)."""
+    n = x.shape[0]
+    if backend_of_module(get_array_module(x)).name != "cpu":
+        return max(n, 1)
+    kernel = weight.shape[2:]
+    oh = output_size(x.shape[2], kernel[0], stride[0], padding[0], padding[1], dilation[0])
+    wp = (x.shape[3] + padding[2] + padding[3] if tuple(stride) == (1, 1)
+          else output_size(x.shape[3], kernel[1], stride[1], padding[2], padding[3], dilation[1]))
+    per_image = max(1, weight.shape[1] * kernel[0] * kernel[1] * oh * wp)
+    chunk = 1
+    while chunk * 2 * per_image <= CHUNK_COLUMN_ELEMENTS and chunk * 2 <= n:
+        chunk *= 2
+    return chunk
+
+
+def _chunks(n: int, chunk: int, workspace: Workspace | None):
+    """``(slice, workspace)`` per chunk of the batch; the last, smaller chunk has its own
+    sub-workspace so that neither size reallocates the other's buffers."""
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        ws = None if workspace is None else workspace.child(f"chunk{stop - start}")
+        yield slice(start, stop), ws
+
+
+def _forward_chunked(x: Array, weight: Array, bias: Array | None, stride: Pair,
+                     padding: Padding, dilation: Pair, method: str,
+                     workspace: Workspace | None, chunk: int, out: Array | None) -> Array:
+    xp = get_array_module(x, weight)
+    n = x.shape[0]
+    kernel = weight.shape[2:]
+    oh = output_size(x.shape[2], kernel[0], stride[0], padding[0], padding[1], dilation[0])
+    ow = output_size(x.shape[3], kernel[1], stride[1], padding[2], padding[3], dilation[1])
+    y = xp.empty((n, weight.shape[0], oh, ow), dtype=x.dtype) if out is None else out
+    for part, ws in _chunks(n, chunk, workspace):
+        conv2d_forward(x[part], weight, bias, stride, padding, dilation, method, ws,
+                       chunk=part.stop - part.start, out=y[part])
+    return y
+
+
+def _backward_chunked(dy: Array, saved: SavedInput, weight: Array, stride: Pair,
+                      padding: Padding, dilation: Pair, need_bias: bool, method: str,
+                      workspace: Workspace | None, need_input_grad: bool,
+                      need_weight_grad: bool) -> tuple[Array | None, Array | None, Array | None]:
+    """Each chunk's columns rebuilt (in cache; not at all without a weight gradient),
+    the chunks' weight gradients summed (float16: in float32, then back to float16, as
+    the whole-batch path returns it); the bias gradient from the whole dy at once."""
+    xp = get_array_module(dy, saved.x, weight)
+    x = saved.x
+    method = resolve_method(method, stride)
+    dx = xp.empty(x.shape, dtype=dy.dtype) if need_input_grad else None
+    wide = xp.float32 if dy.dtype == xp.float16 else dy.dtype
+    dweight = xp.zeros(weight.shape, dtype=wide) if need_weight_grad else None
+    for part, ws in _chunks(x.shape[0], saved.chunk, workspace):
+        cols = (_columns(x[part], weight.shape[2:], stride, padding, dilation, method, ws)[0]
+                if need_weight_grad else None)
+        _, dw, _ = conv2d_backward(dy[part], cols, weight, x[part].shape, stride, padding,
+                                   dilation, False, method, ws, need_input_grad,
+                                   need_weight_grad, None if dx is None else dx[part])
+        if dweight is not None:
+            dweight += dw
+    dbias = _bias_sum(dy) if need_bias else None
+    if dweight is not None and dweight.dtype != dy.dtype:
+        dweight = dweight.astype(dy.dtype)
     return dx, dweight, dbias

@@ -65,8 +65,10 @@ def im2col_rows(x: Array, kernel: Pair, padding: Padding, dilation: Pair,
 
 
 def col2im_rows(cols: Array, x_shape: tuple[int, int, int, int], kernel: Pair,
-                padding: Padding, dilation: Pair, workspace: Workspace | None = None) -> Array:
-    """Adjoint of :func:`im2col_rows`: (C, KH, KW, N, OH*Wp) -> dx (N, C, H, W) (a new array).
+                padding: Padding, dilation: Pair, workspace: Workspace | None = None,
+                out: Array | None = None) -> Array:
+    """Adjoint of :func:`im2col_rows`: (C, KH, KW, N, OH*Wp) -> dx (N, C, H, W) (a new
+    array, or written into ``out``).
 
     Entries of ``cols`` in the dropped columns must be zero (they are when
     they come from ``W.T @ dy`` with zero-filled dropped columns of dy).
@@ -81,5 +83,8 @@ def col2im_rows(cols: Array, x_shape: tuple[int, int, int, int], kernel: Pair,
         for j in range(kernel[1]):
             start = i * dilation[0] * wp + j * dilation[1]
             runs[:, :, start:start + length] += cols[:, i, j]
-    image = runs[:, :, :hp * wp].reshape(c, n, hp, wp)
-    return xp.ascontiguousarray(image[:, :, top:top + h, left:left + w].transpose(1, 0, 2, 3))
+    dx = runs[:, :, :hp * wp].reshape(c, n, hp, wp)[:, :, top:top + h, left:left + w]
+    if out is None:
+        return xp.ascontiguousarray(dx.transpose(1, 0, 2, 3))
+    out[...] = dx.transpose(1, 0, 2, 3)
+    return out
