@@ -144,7 +144,9 @@ def conv2d_backward(dy: Array, saved: "Array | SavedInput | None", weight: Array
     if wp > ow:
         dy_mat[..., ow:] = 0
     dy_mat = dy_mat.reshape(out_channels, -1)
-    dweight = ((dy_mat @ saved.reshape(-1, dy_mat.shape[1]).T).reshape(weight.shape)
+    # as (C*KH*KW, O) = cols @ dy.T, then transposed (small): OpenBLAS is 1.1-1.5x faster
+    # this way round than dy @ cols.T for O = 32 (measured 156 vs 233 ms at 24->32 @ 31)
+    dweight = ((saved.reshape(-1, dy_mat.shape[1]) @ dy_mat.T).T.reshape(weight.shape)
                if need_weight_grad else None)
     dbias = _bias_sum(dy, dy_mat) if need_bias else None
     if not need_input_grad:
