@@ -91,6 +91,6 @@ def test_images_per_chunk_fits_the_column_budget():
     assert chunk & (chunk - 1) == 0  # a power of two
     assert chunk * per_image <= conv_ops.CHUNK_COLUMN_ELEMENTS < 2 * chunk * per_image
     assert conv_ops.images_per_chunk(x[:1], w, (1, 1), (1, 1, 1, 1), (1, 1)) == 1
-    fake = to_device(x[:8], "fakecupy")  # off the CPU: the whole batch in one GEMM
+    fake = to_device(x[:8], "fakecupy")  # the fake CuPy runs the CPU's chunks (not CUDA's)
     assert conv_ops.images_per_chunk(fake, to_device(w, "fakecupy"), (1, 1), (1, 1, 1, 1),
-                                     (1, 1)) == 8
+                                     (1, 1)) == chunk

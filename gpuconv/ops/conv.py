@@ -11,7 +11,7 @@ kept and tested against each other.
 
 :func:`conv2d_forward` / :func:`conv2d_backward` run either the whole batch as
 one GEMM, keeping the columns for backward (the reference path, and the CUDA
-path: one cuBLAS call), or -- the default on the CPU (:func:`images_per_chunk`)
+path: one cuBLAS call), or -- the default elsewhere (:func:`images_per_chunk`)
 -- the same code on chunks of a few images whose columns (~4 MiB) stay in the
 CPU cache, keeping only x (:class:`SavedInput`) and rebuilding a chunk's
 columns in backward: at airbench's batch 1024 the whole batch's columns are up
@@ -20,7 +20,8 @@ more than the GEMMs themselves.
 """
 from __future__ import annotations
 
-from ..backend import Array, backend_of_module, get_array_module
+from ..backend import Array, get_array_module
+from .chunks import chunks_batches
 from .im2col import Pair, Padding, col2im, im2col, output_size
 from .im2col_rows import col2im_rows, im2col_rows, row_geometry
 from .reduce import channel_sum
@@ -166,10 +167,11 @@ def conv2d_backward(dy: Array, saved: "Array | SavedInput | None", weight: Array
 
 def images_per_chunk(x: Array, weight: Array, stride: Pair, padding: Padding,
                      dilation: Pair) -> int:
-    """Images per batch chunk for x (N, C, H, W): N (one chunk) off the CPU, else the
-    largest power of two whose columns fit :data:`CHUNK_COLUMN_ELEMENTS` (at least 1)."""
+    """Images per batch chunk for x (N, C, H, W): N (one chunk) on CUDA, else
+    (:func:`chunks_batches`) the largest power of two whose columns fit
+    :data:`CHUNK_COLUMN_ELEMENTS` (at least 1)."""
     n = x.shape[0]
-    if backend_of_module(get_array_module(x)).name != "cpu":
+    if not chunks_batches(get_array_module(x)):
         return max(n, 1)
     kernel = weight.shape[2:]
     oh = output_size(x.shape[2], kernel[0], stride[0], padding[0], padding[1], dilation[0])

@@ -8,9 +8,8 @@ when the window has at most 255 elements), never a flat index into x.
 """
 from __future__ import annotations
 
-import numpy
-
-from ..backend import Array, backend_of_module, get_array_module
+from ..backend import Array, get_array_module
+from .chunks import batch_slices
 from .im2col import Pair, Padding, output_size, pad2d, unpad2d, windows
 
 
@@ -45,14 +44,10 @@ def _tiles(x: Array, kernel: Pair) -> Array:
     return x[:, :, :oh * kernel[0], :ow * kernel[1]].reshape(n, c, oh, kernel[0], ow, kernel[1])
 
 
-def _image_chunks(x_shape: tuple[int, ...], xp):
-    """Slices of the batch of about :data:`CHUNK_ELEMENTS` input elements each on NumPy
-    (the window views and masks of a chunk stay in cache across the KH*KW passes);
-    the whole batch elsewhere."""
-    n = x_shape[0]
-    per_image = max(1, int(numpy.prod(x_shape[1:])))
-    step = max(1, CHUNK_ELEMENTS // per_image) if backend_of_module(xp).name == "cpu" else n
-    return [slice(start, min(start + step, n)) for start in range(0, n, max(step, 1))]
+def _image_chunks(x_shape: tuple[int, ...], xp) -> list[slice]:
+    """Batch chunks of about :data:`CHUNK_ELEMENTS` input elements on NumPy (the window
+    views and masks of a chunk stay in cache across the KH*KW passes), else one."""
+    return batch_slices(x_shape, xp, CHUNK_ELEMENTS)
 
 
 def _max_pool_tiles(x: Array, kernel: Pair) -> tuple[Array, Array]:

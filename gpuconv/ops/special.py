@@ -53,6 +53,7 @@ import numpy
 
 from ..backend import Array, backend_of_module, device_of, get_array_module
 from . import _erf_tables as tables
+from .chunks import chunks_batches
 from .cuda_source import get_kernel
 
 CHUNK = 1 << 15  # elements per NumPy chunk: a few temporaries fit in L2
@@ -272,7 +273,8 @@ def _gelu32(xp, x: Array, want_y: bool, want_d: bool,
             dy: Array | None = None) -> tuple[Array | None, Array | None]:
     """``(GELU(x), GELU'(x) [* dy])`` for float32 ``x`` (and ``dy``) of any shape and
     layout: new C-contiguous arrays (None where not wanted). On NumPy in chunks of
-    :data:`CHUNK` elements with four reused scratch chunks, elsewhere in one block."""
+    :data:`CHUNK` elements with four reused scratch chunks (off CUDA; on CUDA the
+    fused kernels run instead), elsewhere in one block."""
     n = x.size
     flat_x = x.reshape(-1)                       # a copy only for non-contiguous inputs
     flat_dy = None if dy is None else dy.reshape(-1)
@@ -280,7 +282,7 @@ def _gelu32(xp, x: Array, want_y: bool, want_d: bool,
     d = xp.empty(x.shape, dtype=xp.float32) if want_d else None
     flat_y = None if y is None else y.reshape(-1)
     flat_d = None if d is None else d.reshape(-1)
-    step = min(n, CHUNK) if backend_of_module(xp).name == "cpu" else n
+    step = min(n, CHUNK) if chunks_batches(xp) else n
     scratch = [xp.empty(step, dtype=xp.float32) for _ in range(4)]
     for start in range(0, n, max(step, 1)):
         part = slice(start, min(start + step, n))
