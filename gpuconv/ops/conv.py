@@ -25,6 +25,7 @@ from .chunks import chunks_batches
 from .im2col import Pair, Padding, col2im, im2col, output_size
 from .im2col_rows import col2im_rows, im2col_rows, row_geometry
 from .reduce import channel_sum
+from . import winograd
 from .workspace import Workspace, scratch
 
 METHODS = ("auto", "rows", "windows")
@@ -32,6 +33,7 @@ METHODS = ("auto", "rows", "windows")
 # shapes (batch 1024), 1 to 128 images per chunk, anything from 1 Mi to 4 Mi elements
 # was within noise; whole-batch columns were 2.2x slower
 CHUNK_COLUMN_ELEMENTS = 1 << 20
+WINOGRAD = True  # method="auto" takes Winograd F(2x2, 3x3) where it gains (use_winograd)
 
 
 def resolve_method(method: str, stride: Pair) -> str:
@@ -73,12 +75,22 @@ def _bias_sum(dy: Array, dy_mat: Array | None = None) -> Array:
 
 class SavedInput:
     """What :func:`conv2d_forward` keeps when it ran in batch chunks: the input itself
-    (a reference, no copy) and the chunk size; backward rebuilds each chunk's columns."""
+    (a reference, no copy) and the chunk size; backward rebuilds each chunk's columns.
+    ``winograd``: the Winograd-transformed weight (16, C, O) when that path ran."""
 
-    __slots__ = ("x", "chunk")
+    __slots__ = ("x", "chunk", "winograd")
 
-    def __init__(self, x: Array, chunk: int) -> None:
-        self.x, self.chunk = x, chunk
+    def __init__(self, x: Array, chunk: int, winograd: Array | None = None) -> None:
+        self.x, self.chunk, self.winograd = x, chunk, winograd
+
+
+def use_winograd(x: Array, weight: Array, stride: Pair, padding: Padding, dilation: Pair,
+                 method: str) -> bool:
+    """Winograd F(2x2, 3x3) (:mod:`.winograd`) for ``method="auto"`` off CUDA, float32 or
+    float64, where :func:`winograd.worthwhile` (3x3, stride 1, >= 64 channels)."""
+    return (method == "auto" and WINOGRAD and chunks_batches(get_array_module(x))
+            and x.dtype == weight.dtype and x.dtype.kind == "f" and x.dtype.itemsize >= 4
+            and winograd.worthwhile(x.shape, weight.shape, stride, padding, dilation))
 
 
 def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
@@ -97,6 +109,8 @@ def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
     xp = get_array_module(x, weight)
     n = x.shape[0]
     out_channels = weight.shape[0]
+    if chunk is None and use_winograd(x, weight, stride, padding, dilation, method):
+        return _forward_winograd(x, weight, bias, padding, workspace, out)
     method = resolve_method(method, stride)
     chunk = images_per_chunk(x, weight, stride, padding, dilation) if chunk is None else chunk
     if chunk < n:
@@ -131,6 +145,9 @@ def conv2d_backward(dy: Array, saved: "Array | SavedInput | None", weight: Array
     GEMM is skipped, and no columns are rebuilt); ``dbias`` is None unless
     ``need_bias``. ``dx`` is new, or ``dx_out`` (N, C, H, W) when given.
     """
+    if isinstance(saved, SavedInput) and saved.winograd is not None:
+        return _backward_winograd(dy, saved, weight, padding, need_bias, workspace,
+                                  need_input_grad, need_weight_grad)
     if isinstance(saved, SavedInput):
         return _backward_chunked(dy, saved, weight, stride, padding, dilation, need_bias,
                                  method, workspace, need_input_grad, need_weight_grad)
@@ -233,3 +250,32 @@ def _backward_chunked(dy: Array, saved: SavedInput, weight: Array, stride: Pair,
     if dweight is not None and dweight.dtype != dy.dtype:
         dweight = dweight.astype(dy.dtype)
     return dx, dweight, dbias
+
+
+def _forward_winograd(x: Array, weight: Array, bias: Array | None, padding: Padding,
+                      workspace: Workspace | None, out: Array | None,
+                      ) -> tuple[Array, SavedInput]:
+    xp = get_array_module(x, weight)
+    n = x.shape[0]
+    u = winograd.filter_transform(weight)
+    oh, ow = x.shape[2] + padding[0] + padding[1] - 2, x.shape[3] + padding[2] + padding[3] - 2
+    y = xp.empty((n, weight.shape[0], oh, ow), dtype=x.dtype) if out is None else out
+    chunk = winograd.tiles_per_chunk(x.shape, padding)
+    for part, ws in _chunks(n, chunk, workspace):
+        winograd.forward_chunk(x[part], u, bias, padding, y[part], ws)
+    return y, SavedInput(x, chunk, u)
+
+
+def _backward_winograd(dy: Array, saved: SavedInput, weight: Array, padding: Padding,
+                       need_bias: bool, workspace: Workspace | None, need_input_grad: bool,
+                       need_weight_grad: bool,
+                       ) -> tuple[Array | None, Array | None, Array | None]:
+    xp = get_array_module(dy, saved.x, weight)
+    x, u = saved.x, saved.winograd
+    dx = xp.empty(x.shape, dtype=dy.dtype) if need_input_grad else None
+    du = xp.zeros(u.shape, dtype=u.dtype) if need_weight_grad else None
+    for part, ws in _chunks(x.shape[0], saved.chunk, workspace):
+        winograd.backward_chunk(dy[part], x[part], u, padding,
+                                None if dx is None else dx[part], du, ws)
+    dweight = winograd.filter_transform_adjoint(du) if need_weight_grad else None
+    return dx, dweight, _bias_sum(dy) if need_bias else None
