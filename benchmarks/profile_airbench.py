@@ -7,7 +7,9 @@
 The network is ``build_preset("airbench", width=W)`` in float32 on random
 (N, 3, 32, 32) inputs; a step is forward, smoothed cross-entropy, backward (the
 first layer's parameters only, as ``Sequential.backward`` does) and an SGD
-Nesterov update. Every layer's forward and backward is timed separately
+Nesterov update, run as fit() runs it (glibc keeping freed memory, gpuconv's
+worker threads with BLAS held at one thread; ``GPUCONV_NUM_THREADS=1`` for one
+thread). Every layer's forward and backward is timed separately
 (median over ``--steps`` steps after two warm-up steps) and summed per layer
 class; the whole step is timed too. ``--torch`` also times PyTorch's airbench
 step (``benchmarks/airbench_torch.py --time-steps``) in a subprocess before and
@@ -33,7 +35,7 @@ import numpy
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))  # the checkout's gpuconv
 
-from gpuconv.backend.host_memory import keep_freed_memory  # noqa: E402
+from gpuconv.backend import keep_freed_memory, num_threads, own_cpu_threads  # noqa: E402
 from gpuconv.losses import SoftmaxCrossEntropy  # noqa: E402
 from gpuconv.models.presets import build_preset  # noqa: E402
 from gpuconv.optim import SGD  # noqa: E402
@@ -137,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.torch:
         torch_ms.append(time_torch(args.width, 3))
         time.sleep(0.5)
-    result["gpuconv"] = time_gpuconv(args.width, args.batch, args.steps)
+    with own_cpu_threads():  # as fit() runs: gpuconv's worker threads, BLAS at one thread
+        result["gpuconv"] = time_gpuconv(args.width, args.batch, args.steps)
+    result["gpuconv_threads"] = num_threads()
     print(report(result["gpuconv"]))
     if args.torch:
         time.sleep(0.5)  # let OpenBLAS's spinning workers go idle before PyTorch runs
@@ -145,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         result["torch_step_ms"] = torch_ms
         print("torch step ms (before, after): "
               + ", ".join("-" if t is None else f"{t:.0f}" for t in torch_ms))
-    print(f"load average {' '.join(f'{v:.2f}' for v in result['load_average'])}")
+    print(f"gpuconv threads {result['gpuconv_threads']}; load average "
+          f"{' '.join(f'{v:.2f}' for v in result['load_average'])}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -9,9 +9,12 @@ whole batch.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy
 
 from ..backend import backend_of_module
+from ..backend.threads import num_threads, parallel
 
 CHUNK_ELEMENTS = 1 << 18  # elements per chunk (1 MiB of float32)
 
@@ -31,3 +34,19 @@ def batch_slices(shape: tuple[int, ...], xp, elements: int | None = None) -> lis
     per_row = max(1, int(numpy.prod(shape[1:])))
     step = max(1, (CHUNK_ELEMENTS if elements is None else elements) // per_row)
     return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def for_each_chunk(parts: list[slice], body: Callable[[slice], None], xp) -> None:
+    """``body(part)`` for every chunk, on NumPy spread over :func:`parallel`'s workers
+    (chunk ``i`` on worker ``i % workers``; bodies must write disjoint outputs), else in
+    order. No BLAS inside (for that, see gpuconv.ops.conv's chunk driver)."""
+    if len(parts) > 1 and backend_of_module(xp).name == "cpu":
+        def work(k: int, workers: int) -> None:
+            for part in parts[k::workers]:
+                body(part)
+
+        parallel(work, min(num_threads(), len(parts)))
+    else:
+        for part in parts:
+            body(part)
+

@@ -20,7 +20,10 @@ more than the GEMMs themselves.
 """
 from __future__ import annotations
 
-from ..backend import Array, get_array_module
+from typing import Any, Callable
+
+from ..backend import Array, backend_of_module, get_array_module
+from ..backend.threads import num_threads, parallel
 from .chunks import chunks_batches
 from .im2col import Pair, Padding, col2im, im2col, output_size
 from .im2col_rows import col2im_rows, im2col_rows, row_geometry
@@ -201,13 +204,27 @@ def images_per_chunk(x: Array, weight: Array, stride: Pair, padding: Padding,
     return chunk
 
 
-def _chunks(n: int, chunk: int, workspace: Workspace | None):
-    """``(slice, workspace)`` per chunk of the batch; the last, smaller chunk has its own
-    sub-workspace so that neither size reallocates the other's buffers."""
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        ws = None if workspace is None else workspace.child(f"chunk{stop - start}")
-        yield slice(start, stop), ws
+def _chunk_work(n: int, chunk: int, workspace: Workspace | None, xp,
+                body: Callable[[slice, "Workspace | None", Any], Any],
+                start: Callable[[], Any] = lambda: None) -> list:
+    """Run ``body(part, ws, state)`` over the batch chunks: on NumPy on :func:`parallel`'s
+    workers (BLAS held at one thread; chunk ``i`` on worker ``i % workers``), else in
+    order here. Each worker gets ``state = start()`` and its own sub-workspaces (one per
+    chunk size: the smaller last chunk never reallocates the others' buffers); returns
+    the workers' states in worker order (for partial sums)."""
+    starts = list(range(0, n, chunk))
+
+    def work(k: int, workers: int):
+        state = start()
+        for begin in starts[k::workers]:
+            stop = min(begin + chunk, n)
+            ws = None if workspace is None else workspace.child(f"worker{k}:chunk{stop - begin}")
+            body(slice(begin, stop), ws, state)
+        return state
+
+    if len(starts) > 1 and backend_of_module(xp).name == "cpu":
+        return parallel(work, min(num_threads(), len(starts)), uses_blas=True)
+    return [work(0, 1)]
 
 
 def _forward_chunked(x: Array, weight: Array, bias: Array | None, stride: Pair,
@@ -219,9 +236,9 @@ def _forward_chunked(x: Array, weight: Array, bias: Array | None, stride: Pair,
     oh = output_size(x.shape[2], kernel[0], stride[0], padding[0], padding[1], dilation[0])
     ow = output_size(x.shape[3], kernel[1], stride[1], padding[2], padding[3], dilation[1])
     y = xp.empty((n, weight.shape[0], oh, ow), dtype=x.dtype) if out is None else out
-    for part, ws in _chunks(n, chunk, workspace):
-        conv2d_forward(x[part], weight, bias, stride, padding, dilation, method, ws,
-                       chunk=part.stop - part.start, out=y[part])
+    _chunk_work(n, chunk, workspace, xp, lambda part, ws, _: conv2d_forward(
+        x[part], weight, bias, stride, padding, dilation, method, ws,
+        chunk=part.stop - part.start, out=y[part]))
     return y
 
 
@@ -237,8 +254,8 @@ def _backward_chunked(dy: Array, saved: SavedInput, weight: Array, stride: Pair,
     method = resolve_method(method, stride)
     dx = xp.empty(x.shape, dtype=dy.dtype) if need_input_grad else None
     wide = xp.float32 if dy.dtype == xp.float16 else dy.dtype
-    dweight = xp.zeros(weight.shape, dtype=wide) if need_weight_grad else None
-    for part, ws in _chunks(x.shape[0], saved.chunk, workspace):
+
+    def chunk(part: slice, ws: Workspace | None, dweight: Array | None) -> None:
         cols = (_columns(x[part], weight.shape[2:], stride, padding, dilation, method, ws)[0]
                 if need_weight_grad else None)
         _, dw, _ = conv2d_backward(dy[part], cols, weight, x[part].shape, stride, padding,
@@ -246,6 +263,10 @@ def _backward_chunked(dy: Array, saved: SavedInput, weight: Array, stride: Pair,
                                    need_weight_grad, None if dx is None else dx[part])
         if dweight is not None:
             dweight += dw
+
+    partials = _chunk_work(x.shape[0], saved.chunk, workspace, xp, chunk, lambda: (
+        xp.zeros(weight.shape, dtype=wide) if need_weight_grad else None))
+    dweight = _sum_in_order(partials)
     dbias = _bias_sum(dy) if need_bias else None
     if dweight is not None and dweight.dtype != dy.dtype:
         dweight = dweight.astype(dy.dtype)
@@ -261,8 +282,8 @@ def _forward_winograd(x: Array, weight: Array, bias: Array | None, padding: Padd
     oh, ow = x.shape[2] + padding[0] + padding[1] - 2, x.shape[3] + padding[2] + padding[3] - 2
     y = xp.empty((n, weight.shape[0], oh, ow), dtype=x.dtype) if out is None else out
     chunk = winograd.tiles_per_chunk(x.shape, padding)
-    for part, ws in _chunks(n, chunk, workspace):
-        winograd.forward_chunk(x[part], u, bias, padding, y[part], ws)
+    _chunk_work(n, chunk, workspace, xp, lambda part, ws, _: winograd.forward_chunk(
+        x[part], u, bias, padding, y[part], ws))
     return y, SavedInput(x, chunk, u)
 
 
@@ -273,9 +294,21 @@ def _backward_winograd(dy: Array, saved: SavedInput, weight: Array, padding: Pad
     xp = get_array_module(dy, saved.x, weight)
     x, u = saved.x, saved.winograd
     dx = xp.empty(x.shape, dtype=dy.dtype) if need_input_grad else None
-    du = xp.zeros(u.shape, dtype=u.dtype) if need_weight_grad else None
-    for part, ws in _chunks(x.shape[0], saved.chunk, workspace):
-        winograd.backward_chunk(dy[part], x[part], u, padding,
-                                None if dx is None else dx[part], du, ws)
+    partials = _chunk_work(
+        x.shape[0], saved.chunk, workspace, xp,
+        lambda part, ws, du: winograd.backward_chunk(dy[part], x[part], u, padding,
+                                                     None if dx is None else dx[part], du, ws),
+        lambda: xp.zeros(u.shape, dtype=u.dtype) if need_weight_grad else None)
+    du = _sum_in_order(partials)
     dweight = winograd.filter_transform_adjoint(du) if need_weight_grad else None
     return dx, dweight, _bias_sum(dy) if need_bias else None
+
+
+def _sum_in_order(partials: list) -> Array | None:
+    """The workers' partial sums added in worker order (None when there are none)."""
+    if partials[0] is None:
+        return None
+    total = partials[0]
+    for partial in partials[1:]:
+        total += partial
+    return total

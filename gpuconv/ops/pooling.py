@@ -9,7 +9,7 @@ when the window has at most 255 elements), never a flat index into x.
 from __future__ import annotations
 
 from ..backend import Array, get_array_module
-from .chunks import batch_slices
+from .chunks import batch_slices, for_each_chunk
 from .im2col import Pair, Padding, output_size, pad2d, unpad2d, windows
 
 
@@ -45,8 +45,9 @@ def _tiles(x: Array, kernel: Pair) -> Array:
 
 
 def _image_chunks(x_shape: tuple[int, ...], xp) -> list[slice]:
-    """Batch chunks of about :data:`CHUNK_ELEMENTS` input elements on NumPy (the window
-    views and masks of a chunk stay in cache across the KH*KW passes), else one."""
+    """Batch chunks of about :data:`CHUNK_ELEMENTS` input elements off CUDA (the window
+    views and masks of a chunk stay in cache across the KH*KW passes; on NumPy the
+    chunks go to the worker threads), else one."""
     return batch_slices(x_shape, xp, CHUNK_ELEMENTS)
 
 
@@ -60,14 +61,15 @@ def _max_pool_tiles(x: Array, kernel: Pair) -> tuple[Array, Array]:
     index_dtype = xp.uint8 if size <= 255 else xp.int32
     y = xp.empty((n, c, oh, ow), dtype=x.dtype)
     argmax = xp.empty((n, c, oh, ow), dtype=index_dtype)
-    for part in _image_chunks(x.shape, xp):
+
+    def chunk(part: slice) -> None:
         tiles = _tiles(x[part], kernel)
         views = [tiles[:, :, :, i, :, j] for i in range(kernel[0]) for j in range(kernel[1])]
         top, arg = y[part], argmax[part]
         if size == 1:
             top[...] = views[0]
             arg[...] = 0
-            continue
+            return
         xp.maximum(views[0], views[1], out=top)
         for view in views[2:]:
             xp.maximum(top, view, out=top)
@@ -78,6 +80,8 @@ def _max_pool_tiles(x: Array, kernel: Pair) -> tuple[Array, Array]:
         for view in views[1:-1]:
             before_first_max &= view != top
             arg += before_first_max
+
+    for_each_chunk(_image_chunks(x.shape, xp), chunk, xp)
     return y, argmax
 
 
@@ -93,12 +97,14 @@ def _max_pool_tiles_backward(dy: Array, argmax: Array, x_shape: tuple[int, ...],
         dx[:, :, oh * kernel[0]:, :] = 0
     if w > ow * kernel[1]:
         dx[:, :, :oh * kernel[0], ow * kernel[1]:] = 0
-    for part in _image_chunks(x_shape, xp):
+    def chunk(part: slice) -> None:
         tiles = _tiles(dx[part], kernel)
         g, arg = dy[part], argmax[part]
         for i in range(kernel[0]):
             for j in range(kernel[1]):
                 xp.multiply(g, arg == i * kernel[1] + j, out=tiles[:, :, :, i, :, j])
+
+    for_each_chunk(_image_chunks(x_shape, xp), chunk, xp)
     return dx
 
 
