@@ -7,7 +7,8 @@
 The network is ``build_preset("airbench", width=W)`` in float32 on random
 (N, 3, 32, 32) inputs; a step is forward, smoothed cross-entropy, backward (the
 first layer's parameters only, as ``Sequential.backward`` does) and an SGD
-Nesterov update, run as fit() runs it (glibc keeping freed memory, gpuconv's
+Nesterov update (``--frozen-whitening-bias``: as after airbench's third epoch,
+when the layers below the first trainable one need no backward), run as fit() runs it (glibc keeping freed memory, gpuconv's
 worker threads with BLAS held at one thread; ``GPUCONV_NUM_THREADS=1`` for one
 thread). Every layer's forward and backward is timed separately
 (median over ``--steps`` steps after two warm-up steps) and summed per layer
@@ -41,8 +42,10 @@ from gpuconv.models.presets import build_preset  # noqa: E402
 from gpuconv.optim import SGD  # noqa: E402
 
 
-def time_gpuconv(width: float, batch: int, steps: int) -> dict:
+def time_gpuconv(width: float, batch: int, steps: int, freeze_whitening_bias: bool = False) -> dict:
     model = build_preset("airbench", width=width).train()
+    if freeze_whitening_bias:  # airbench trains it for the first 3 of its ~10 epochs only
+        model.layers[0].freeze("bias")
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = SGD(trainable, lr=1e-3, momentum=0.85, nesterov=True)
     loss = SoftmaxCrossEntropy(label_smoothing=0.2)
@@ -64,9 +67,11 @@ def time_gpuconv(width: float, batch: int, steps: int) -> dict:
             shapes[i] = tuple(h.shape)
         loss.forward(h, y)
         d = loss.backward()
-        for i in range(len(layers) - 1, -1, -1):
+        # as Sequential.backward_params: nothing below the first trainable layer runs
+        first = model._first_trainable()
+        for i in range(len(layers) - 1, first - 1, -1):
             t = time.perf_counter()
-            if i:
+            if i > first:
                 d = layers[i].backward(d)
             else:
                 layers[i].backward_params(d)
@@ -83,7 +88,7 @@ def time_gpuconv(width: float, batch: int, steps: int) -> dict:
         step()
     ms = lambda values: 1e3 * statistics.median(values)  # noqa: E731
     rows = [{"index": i, "layer": type(layer).__name__, "output": shapes[i],
-             "forward_ms": ms(forward[i]), "backward_ms": ms(backward[i])}
+             "forward_ms": ms(forward[i]), "backward_ms": ms(backward[i]) if backward[i] else 0.0}
             for i, layer in enumerate(layers)]
     return {"step_ms": ms(totals), "steps_ms": [1e3 * t for t in totals], "layers": rows}
 
@@ -126,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--frozen-whitening-bias", action="store_true",
+                        help="freeze the whitening conv's bias too (airbench after epoch 3)")
     parser.add_argument("--torch", action="store_true",
                         help="also time PyTorch's step, before and after gpuconv's")
     parser.add_argument("--json", help="also write the figures to this JSON file")
@@ -140,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         torch_ms.append(time_torch(args.width, 3))
         time.sleep(0.5)
     with own_cpu_threads():  # as fit() runs: gpuconv's worker threads, BLAS at one thread
-        result["gpuconv"] = time_gpuconv(args.width, args.batch, args.steps)
+        result["gpuconv"] = time_gpuconv(args.width, args.batch, args.steps,
+                                         args.frozen_whitening_bias)
     result["gpuconv_threads"] = num_threads()
     print(report(result["gpuconv"]))
     if args.torch:
