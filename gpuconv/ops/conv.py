@@ -96,10 +96,29 @@ def use_winograd(x: Array, weight: Array, stride: Pair, padding: Padding, dilati
             and winograd.worthwhile(x.shape, weight.shape, stride, padding, dilation))
 
 
+def _weight_matrix(weight: Array, method: str) -> Array:
+    """The GEMM's (O, KH*KW*C) or (O, C*KH*KW) weight, in the row order of ``method``'s
+    columns ("rows": kernel offset first; "windows": channel first)."""
+    o = weight.shape[0]
+    if method == "rows":
+        return weight.transpose(0, 2, 3, 1).reshape(o, -1)
+    return weight.reshape(o, -1)
+
+
+def _weight_from_matrix(matrix: Array, weight_shape: tuple, method: str) -> Array:
+    """The inverse of :func:`_weight_matrix` for a gradient (a new (O, C, KH, KW) array)."""
+    xp = get_array_module(matrix)
+    o, c, kh, kw = weight_shape
+    if method == "rows":
+        return xp.ascontiguousarray(matrix.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
+    return xp.ascontiguousarray(matrix.reshape(weight_shape))
+
+
 def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
                    padding: Padding, dilation: Pair, method: str = "auto",
                    workspace: Workspace | None = None, chunk: int | None = None,
-                   out: Array | None = None) -> tuple[Array, "Array | SavedInput"]:
+                   out: Array | None = None, weight_matrix: Array | None = None,
+                   ) -> tuple[Array, "Array | SavedInput"]:
     """``y`` (N, O, OH, OW) for ``x`` (N, C, H, W) and ``weight`` (O, C, KH, KW).
 
     Returns ``(y, saved)``; ``saved`` is what :func:`conv2d_backward` needs (pass it
@@ -107,7 +126,8 @@ def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
     one GEMM, a :class:`SavedInput` when it ran ``chunk`` images at a time (default
     :func:`images_per_chunk`: the whole batch off the CPU). With a workspace the
     column and GEMM buffers are reused from call to call; ``y`` is new, or ``out``
-    (N, O, OH, OW) when given.
+    (N, O, OH, OW) when given. ``weight_matrix``: :func:`_weight_matrix` of the weight,
+    when the caller (a chunk driver) has it already.
     """
     xp = get_array_module(x, weight)
     n = x.shape[0]
@@ -122,7 +142,9 @@ def conv2d_forward(x: Array, weight: Array, bias: Array | None, stride: Pair,
     cols, oh, ow, wp = _columns(x, weight.shape[2:], stride, padding, dilation, method,
                                 workspace)
     y_mat = scratch(workspace, "y_mat", (out_channels, n * oh * wp), x.dtype, xp)
-    xp.matmul(weight.reshape(out_channels, -1), cols.reshape(-1, n * oh * wp), out=y_mat)
+    if weight_matrix is None:
+        weight_matrix = _weight_matrix(weight, method)
+    xp.matmul(weight_matrix, cols.reshape(-1, n * oh * wp), out=y_mat)
     # crop the padded-width rows, go back to (N, O, OH, OW) and add the bias in one pass
     y_view = y_mat.reshape(out_channels, n, oh, wp)[..., :ow].transpose(1, 0, 2, 3)
     y = xp.empty((n, out_channels, oh, ow), dtype=y_mat.dtype) if out is None else out
@@ -138,6 +160,7 @@ def conv2d_backward(dy: Array, saved: "Array | SavedInput | None", weight: Array
                     dilation: Pair, need_bias: bool, method: str = "auto",
                     workspace: Workspace | None = None, need_input_grad: bool = True,
                     need_weight_grad: bool = True, dx_out: Array | None = None,
+                    weight_matrix: Array | None = None,
                     ) -> tuple[Array | None, Array | None, Array | None]:
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d_forward` given ``dy`` (N, O, OH, OW)
     and what the forward pass saved.
@@ -167,15 +190,17 @@ def conv2d_backward(dy: Array, saved: "Array | SavedInput | None", weight: Array
     dy_mat = dy_mat.reshape(out_channels, -1)
     # as (C*KH*KW, O) = cols @ dy.T, then transposed (small): OpenBLAS is 1.1-1.5x faster
     # this way round than dy @ cols.T for O = 32 (measured 156 vs 233 ms at 24->32 @ 31)
-    dweight = ((saved.reshape(-1, dy_mat.shape[1]) @ dy_mat.T).T.reshape(weight.shape)
-               if need_weight_grad else None)
+    dweight = (_weight_from_matrix((saved.reshape(-1, dy_mat.shape[1]) @ dy_mat.T).T,
+                                   weight.shape, method) if need_weight_grad else None)
     dbias = _bias_sum(dy, dy_mat) if need_bias else None
     if not need_input_grad:
         return None, dweight, dbias
-    dcols_shape = (weight.shape[1],) + tuple(kernel) + (n,) + (
-        (oh * wp,) if method == "rows" else (oh, ow))
+    dcols_shape = ((tuple(kernel) + (weight.shape[1], n, oh * wp)) if method == "rows"
+                   else (weight.shape[1],) + tuple(kernel) + (n, oh, ow))
     dcols = scratch(workspace, "dcols", dcols_shape, dy.dtype, xp)
-    xp.matmul(weight.reshape(out_channels, -1).T, dy_mat, out=dcols.reshape(-1, dy_mat.shape[1]))
+    if weight_matrix is None:
+        weight_matrix = _weight_matrix(weight, method)
+    xp.matmul(weight_matrix.T, dy_mat, out=dcols.reshape(-1, dy_mat.shape[1]))
     if method == "rows":
         dx = col2im_rows(dcols, x_shape, kernel, padding, dilation, workspace, out=dx_out)
     else:
@@ -236,9 +261,10 @@ def _forward_chunked(x: Array, weight: Array, bias: Array | None, stride: Pair,
     oh = output_size(x.shape[2], kernel[0], stride[0], padding[0], padding[1], dilation[0])
     ow = output_size(x.shape[3], kernel[1], stride[1], padding[2], padding[3], dilation[1])
     y = xp.empty((n, weight.shape[0], oh, ow), dtype=x.dtype) if out is None else out
+    matrix = _weight_matrix(weight, method)
     _chunk_work(n, chunk, workspace, xp, lambda part, ws, _: conv2d_forward(
         x[part], weight, bias, stride, padding, dilation, method, ws,
-        chunk=part.stop - part.start, out=y[part]))
+        chunk=part.stop - part.start, out=y[part], weight_matrix=matrix))
     return y
 
 
@@ -254,13 +280,15 @@ def _backward_chunked(dy: Array, saved: SavedInput, weight: Array, stride: Pair,
     method = resolve_method(method, stride)
     dx = xp.empty(x.shape, dtype=dy.dtype) if need_input_grad else None
     wide = xp.float32 if dy.dtype == xp.float16 else dy.dtype
+    matrix = _weight_matrix(weight, method)
 
     def chunk(part: slice, ws: Workspace | None, dweight: Array | None) -> None:
         cols = (_columns(x[part], weight.shape[2:], stride, padding, dilation, method, ws)[0]
                 if need_weight_grad else None)
         _, dw, _ = conv2d_backward(dy[part], cols, weight, x[part].shape, stride, padding,
                                    dilation, False, method, ws, need_input_grad,
-                                   need_weight_grad, None if dx is None else dx[part])
+                                   need_weight_grad, None if dx is None else dx[part],
+                                   weight_matrix=matrix)
         if dweight is not None:
             dweight += dw
 
