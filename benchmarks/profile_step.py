@@ -29,7 +29,7 @@ import numpy
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))  # the checkout's gpuconv
 
-from gpuconv.backend.host_memory import keep_freed_memory  # noqa: E402
+from gpuconv.backend import keep_freed_memory, own_cpu_threads  # noqa: E402
 from gpuconv.bench.presets import seed_cnn_specs  # noqa: E402
 from gpuconv.models.presets import build_preset  # noqa: E402
 from gpuconv.ops.conv import SavedInput, resolve_method  # noqa: E402
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch must be >= 2 and --steps >= 1")
     keep_freed_memory()
     rng = numpy.random.default_rng(0)
-    ours = time_gpuconv(args.batch, args.steps, rng)
+    with own_cpu_threads():  # as fit() runs: gpuconv's worker threads, BLAS at one thread
+        ours = time_gpuconv(args.batch, args.steps, rng)
     time.sleep(0.5)  # let OpenBLAS's spinning workers go idle before PyTorch runs
     theirs = time_torch(args.batch, args.steps, rng)
     print(report(ours, theirs))
