@@ -119,16 +119,23 @@ def input_transform(xq: Array, th: int, tw: int, ws: Workspace | None) -> Array:
     return v.reshape(16, th * tw * nb, c)
 
 
-def _bt_adjoint_pass(xp, dv: list, out: list) -> None:
-    """``out[k] += sum_a B^T[a, k] dv[a]`` for views ``out`` (overlapping tiles add up)."""
-    out[0] += dv[0]
-    out[1] += dv[1]
-    out[1] -= dv[2]
-    out[1] += dv[3]
-    out[2] -= dv[0]
-    out[2] += dv[1]
-    out[2] += dv[2]
-    out[3] -= dv[3]
+def _bt_adjoint_into(xp, dv: list, out: Array) -> None:
+    """``out[2t + k] = sum over tiles t, a of B^T[a, k] dv[a][t]`` along axis 0 (tiles
+    overlap by 2): ``dv`` four arrays (T, ...), ``out`` (2T + 2, ...) written, not added
+    to -- even rows get tile t's k = 0 and tile t-1's k = 2 terms, odd rows k = 1 and 3:
+    two writes and five in-place passes, no zero fill."""
+    t = dv[0].shape[0]
+    even, odd = out[0::2], out[1::2]                 # each T + 1 rows
+    even[:t] = dv[0]
+    even[t] = 0
+    shifted = even[1:]
+    shifted += dv[1]
+    shifted += dv[2]
+    shifted -= dv[0]                                 # B^T[:, 2] = (-1, 1, 1, 0)
+    xp.subtract(dv[1], dv[2], out=odd[:t])
+    odd[:t] += dv[3]                                 # B^T[:, 1] = (0, 1, -1, 1)
+    odd[t] = 0
+    odd[1:] -= dv[3]                                 # B^T[:, 3] = (0, 0, 0, -1)
 
 
 def input_transform_adjoint(dv: Array, hq: int, wq: int, th: int, tw: int,
@@ -138,12 +145,12 @@ def input_transform_adjoint(dv: Array, hq: int, wq: int, th: int, tw: int,
     c = dv.shape[-1]
     nb = dv.shape[1] // (th * tw)
     d = dv.reshape(4, 4, th, tw, nb, c)
-    rows = scratch(ws, "wino_drows", (4, th, wq, nb, c), dv.dtype, xp, "zeros")
-    for a in range(4):
-        _bt_adjoint_pass(xp, [d[a, b] for b in range(4)],
-                         [rows[a][:, m:m + 2 * tw:2] for m in range(4)])
-    dxq = scratch(ws, "wino_dxq", (hq, wq, nb, c), dv.dtype, xp, "zeros")
-    _bt_adjoint_pass(xp, [rows[a] for a in range(4)], [dxq[k:k + 2 * th:2] for k in range(4)])
+    rows = scratch(ws, "wino_drows", (4, th, wq, nb, c), dv.dtype, xp)
+    for a in range(4):  # along the columns: tile axis 1, moved to the front (views)
+        _bt_adjoint_into(xp, [xp.moveaxis(d[a, b], 1, 0) for b in range(4)],
+                         xp.moveaxis(rows[a], 1, 0))
+    dxq = scratch(ws, "wino_dxq", (hq, wq, nb, c), dv.dtype, xp)
+    _bt_adjoint_into(xp, [rows[a] for a in range(4)], dxq)
     return dxq
 
 
