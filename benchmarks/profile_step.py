@@ -29,9 +29,11 @@ import numpy
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))  # the checkout's gpuconv
 
-from gpuconv.backend.host_memory import keep_freed_memory  # noqa: E402
+from gpuconv.backend import keep_freed_memory, own_cpu_threads  # noqa: E402
 from gpuconv.bench.presets import seed_cnn_specs  # noqa: E402
 from gpuconv.models.presets import build_preset  # noqa: E402
+from gpuconv.ops.conv import SavedInput, resolve_method  # noqa: E402
+from gpuconv.ops.conv import _columns as conv_columns  # noqa: E402
 from gpuconv.losses import SoftmaxCrossEntropy  # noqa: E402
 from gpuconv.optim import Adam  # noqa: E402
 
@@ -102,8 +104,12 @@ def time_gpuconv(batch: int, steps: int, rng: numpy.random.Generator) -> dict:
 
 
 def conv_gemms(layer, skip_dx: bool, steps: int) -> dict:
-    """Time the layer's GEMMs alone on its cached columns (the shapes of the step)."""
-    cols = layer._cache[0]
+    """Time the layer's GEMMs alone on its cached columns (the shapes of the step; when the
+    layer ran in batch chunks and kept only x, the whole batch's columns are rebuilt)."""
+    cols, _, padding, _ = layer._cache
+    if isinstance(cols, SavedInput):
+        cols = conv_columns(cols.x, layer.kernel_size, layer.stride, padding, layer.dilation,
+                            resolve_method("auto", layer.stride), None)[0]
     out_channels = layer.weight.data.shape[0]
     w = layer.weight.data.reshape(out_channels, -1)
     cols2 = cols.reshape(w.shape[1], -1)
@@ -214,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch must be >= 2 and --steps >= 1")
     keep_freed_memory()
     rng = numpy.random.default_rng(0)
-    ours = time_gpuconv(args.batch, args.steps, rng)
+    with own_cpu_threads():  # as fit() runs: gpuconv's worker threads, BLAS at one thread
+        ours = time_gpuconv(args.batch, args.steps, rng)
     time.sleep(0.5)  # let OpenBLAS's spinning workers go idle before PyTorch runs
     theirs = time_torch(args.batch, args.steps, rng)
     print(report(ours, theirs))

@@ -86,3 +86,25 @@ def test_batchnorm_and_relu_kernels_match_reference_on_gpu(dtype, shape):
     rtol = 1e-5 if dtype == "float32" else 1e-12
     for kernel_out, reference_out in zip(*outputs):
         np.testing.assert_allclose(kernel_out, reference_out, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (3, 5), (2, 3, 7)])
+def test_batchnorm_reference_path_per_channel_rows_equal_plain_broadcasting(shape):
+    """The NumPy path broadcasts per-channel values as whole-image rows (channel_rows);
+    any layout (C-contiguous, Fortran-ordered, 2-D, 3-D) equals plain broadcasting."""
+    from gpuconv.ops.fused import batchnorm_input_grad, batchnorm_normalize
+
+    rng = np.random.default_rng(9)
+    c = shape[1]
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    inv_std, gamma, beta, scale, mean_dy, coef = (rng.standard_normal(c) for _ in range(6))
+    b = (1, c) + (1,) * (len(shape) - 2)
+    want_y = x * (gamma * inv_std).reshape(b) + beta.reshape(b)
+    want_dx = (x * -coef.reshape(b) + dy - mean_dy.reshape(b)) * scale.reshape(b)
+    for layout in (np.ascontiguousarray, np.asfortranarray):
+        xs, dys = layout(x), layout(dy)
+        np.testing.assert_allclose(batchnorm_normalize(xs, inv_std, gamma, beta), want_y,
+                                      rtol=1e-14, atol=1e-14)
+        got = batchnorm_input_grad(dys, xs, scale, mean_dy, coef)
+        assert got.shape == shape
+        np.testing.assert_allclose(got, want_dx, rtol=1e-13, atol=1e-13)

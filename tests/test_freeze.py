@@ -13,6 +13,7 @@ import numpy
 import pytest
 
 import gpuconv
+from gpuconv import layers
 from gpuconv.containers import Sequential
 from gpuconv.layers import (GELU, LAYER_TYPES, BatchNorm2d, Conv2D, Dense, Multiply, Parameter,
                             ReLU, Residual)
@@ -194,3 +195,39 @@ def test_model_files_and_checkpoints_keep_frozen_parameters(tmp_path):
     with numpy.load(tmp_path / "p.npz") as archive:
         spec = json.loads(bytes(archive["architecture"]).decode())
     assert "frozen" not in spec["layers"][0]  # files without frozen parameters are unchanged
+
+
+def test_backward_params_skips_the_frozen_bottom_of_a_sequential():
+    """With no input gradient wanted, nothing below the first trainable layer runs (its
+    gradients would be unused) and that layer skips its input gradient; the trainable
+    gradients equal a full backward's."""
+    rng = numpy.random.default_rng(40)
+    x = rng.standard_normal((2, 3, 6, 6))
+
+    def build():
+        gpuconv.seed(8)
+        return Sequential([Conv2D(3, 4, 2).freeze("weight", "bias"), GELU(),
+                           Conv2D(4, 5, 3, padding="same"), ReLU(), layers.Flatten(),
+                           Dense(5 * 5 * 5, 3)]).astype("float64")
+
+    model, reference = build(), build()
+    calls = []
+    for i, layer in enumerate(model.layers[:3]):
+        for name in ("backward", "backward_params"):
+            original = getattr(layer, name)
+            setattr(layer, name, lambda dy, i=i, name=name, original=original:
+                    (calls.append((i, name)), original(dy))[1])
+    dy = rng.standard_normal((2, 3))
+    model.forward(x)
+    model.backward_params(dy)
+    assert calls == [(2, "backward_params")]
+    reference.forward(x)
+    reference.backward(dy)
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        numpy.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-14, err_msg=name)
+    model.layers[2].freeze("weight", "bias")
+    model.layers[5].freeze("weight", "bias")
+    calls.clear()
+    model.forward(x)
+    model.backward_params(dy)  # nothing trainable: nothing runs
+    assert calls == []

@@ -156,6 +156,59 @@ def test_tables_are_what_the_generator_produces():
     assert (_erf_tables.LOG_C, _erf_tables.PER_UNIT, _erf_tables.A_MAX, _erf_tables.SMALL) == \
         (make_erf_tables.LOG_C, make_erf_tables.PER_UNIT, make_erf_tables.A_MAX,
          make_erf_tables.SMALL)
+    assert tuple(built["gelu32_poly"]) == _erf_tables.GELU32_POLY
+    assert (_erf_tables.GELU32_K, _erf_tables.GELU32_A_MAX) == \
+        (make_erf_tables.GELU32_K, make_erf_tables.GELU32_A_MAX)
+
+
+def test_float32_gelu_polynomial_fit_is_within_a_sixth_of_an_ulp():
+    """The Remez fit of S(u) = erfcx(a / sqrt 2) / 2 itself (40 digits), everywhere on
+    [0, GELU32_A_MAX], so float32 rounding dominates the GELU error."""
+    import make_erf_tables
+
+    k = mpmath.mpf(_erf_tables.GELU32_K)
+    u_max = k * _erf_tables.GELU32_A_MAX / (1 + k * _erf_tables.GELU32_A_MAX)
+    worst = 0
+    for i in range(1, 801):
+        u = u_max * i / 800
+        p = mpmath.mpf(0)
+        for c in _erf_tables.GELU32_POLY:
+            p = (p + c) * u
+        worst = max(worst, abs((p + 0.5) / make_erf_tables.gelu32_target(u) - 1))
+    assert worst <= 1.1e-8
+
+
+def test_float32_gelu_negative_tail_is_relatively_accurate():
+    """GELU(x) = max(x, 0) - |x| Phi(-|x|) keeps relative accuracy where GELU(x) is tiny
+    (x << 0), and so does the derivative: within (4 + x*x/2) float32 epsilons (the
+    rounding of x*x), down to x = -13 (below, the results are float32 denormals)."""
+    x = -numpy.linspace(0.0, 13.0, 1301).astype(numpy.float32)
+    y, d = special.gelu_with_derivative(x)
+    exact_y = numpy.array([float(v * mpmath.ncdf(v)) for v in map(mpmath.mpf, x.tolist())])
+    exact_d = numpy.array([float(mpmath.ncdf(v) + v * mpmath.npdf(v))
+                           for v in map(mpmath.mpf, x.tolist())])
+    bound = (4 + x.astype(numpy.float64) ** 2 / 2) * EPS32
+    keep = x < 0
+    assert (numpy.abs(y[keep] - exact_y[keep]) <= bound[keep] * numpy.abs(exact_y[keep])).all()
+    far = x < -1.5  # away from the derivative's zero near x = -0.75
+    assert (numpy.abs(d[far] - exact_d[far]) <= bound[far] * numpy.abs(exact_d[far])).all()
+
+
+def test_gelu_with_derivative_equals_gelu_and_gelu_grad():
+    x = (numpy.random.default_rng(6).standard_normal((3, 5, 47, 61)) * 3).astype(numpy.float32)
+    x.reshape(-1)[:9] = [0.0, -0.0, numpy.inf, -numpy.inf, numpy.nan, 1e30, -1e30, 14.0, -14.0]
+    with numpy.errstate(over="raise", invalid="raise", divide="raise"):  # infinities: no warnings
+        y, d = special.gelu_with_derivative(x)
+    numpy.testing.assert_array_equal(y, special.gelu(x))
+    numpy.testing.assert_array_equal(d, special.gelu_grad(numpy.ones_like(x), x))
+    numpy.testing.assert_array_equal(
+        y.reshape(-1)[:7], numpy.array([0, 0, numpy.inf, 0, numpy.nan, 1e30, 0], numpy.float32))
+    numpy.testing.assert_array_equal(d.reshape(-1)[:7], [0.5, 0.5, 1, 0, numpy.nan, 1, 0])
+    finite = x.reshape(-1)[9:]
+    for dtype, approximate in (("float64", "none"), ("float16", "none"), ("float32", "tanh")):
+        y, d = special.gelu_with_derivative(finite.astype(dtype), approximate)
+        assert d is None and y.dtype == dtype  # these keep x and compute GELU' in backward
+        numpy.testing.assert_array_equal(y, special.gelu(finite.astype(dtype), approximate))
 
 
 def test_xp_path_on_fake_cupy_equals_numpy():
@@ -167,6 +220,12 @@ def test_xp_path_on_fake_cupy_equals_numpy():
         for name in ("erf", "erfc", "ndtr", "gelu"):
             numpy.testing.assert_array_equal(to_numpy(getattr(special, name)(xd)),
                                              getattr(special, name)(xs))
+        y, d = special.gelu_with_derivative(xd)
+        y_host, d_host = special.gelu_with_derivative(xs)
+        numpy.testing.assert_array_equal(to_numpy(y), y_host)
+        assert (d is None) == (d_host is None) == (dtype == "float64")
+        if d is not None:
+            numpy.testing.assert_array_equal(to_numpy(d), d_host)
         for approximate in ("none", "tanh"):
             numpy.testing.assert_array_equal(
                 to_numpy(special.gelu_grad(dyd, xd, approximate)),

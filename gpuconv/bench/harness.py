@@ -24,7 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-from ..backend import cuda_is_available, cuda_unavailable_reason, get_device, keep_freed_memory
+from ..backend import (cuda_is_available, cuda_unavailable_reason, get_device, keep_freed_memory,
+                       own_cpu_threads)
 from ..training.console import terminal_width, wrap_text
 from .cases import Backend, Case, gpuconv_backend
 from .machine import machine_info
@@ -304,7 +305,8 @@ def run(config: BenchConfig, log: Callable[[str], None] = _stderr) -> dict[str, 
     gc.collect()
     gc.freeze()
     try:
-        results = _measure_all(config, workloads, devices, groups, peaks, log)
+        with own_cpu_threads():  # as fit() runs: gpuconv's CPU workers, BLAS at one thread
+            results = _measure_all(config, workloads, devices, groups, peaks, log)
     finally:
         gc.unfreeze()
     return {

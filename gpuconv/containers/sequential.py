@@ -45,14 +45,27 @@ class Sequential(Layer):
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         """Backpropagate ``dy``; returns the input gradient, or None when
-        ``need_input_grad`` is False (then the first layer may skip computing it)."""
+        ``need_input_grad`` is False. Then nothing below the first layer with a trainable
+        parameter runs at all (no gradient there is used: airbench's frozen whitening
+        conv and its GELU, once the whitening bias is frozen too), and that layer skips
+        its own input gradient (:meth:`Layer.backward_params`)."""
         if not self.layers:
             return dy if need_input_grad else None
-        for layer in reversed(self.layers[1:]):
+        first = 0 if need_input_grad else self._first_trainable()
+        if first is None:  # nothing trainable: no gradient is needed anywhere
+            return None
+        for layer in reversed(self.layers[first + 1:]):
             dy = layer.backward(dy)
         if need_input_grad:
             return self.layers[0].backward(dy)
-        self.layers[0].backward_params(dy)
+        self.layers[first].backward_params(dy)
+        return None
+
+    def _first_trainable(self) -> int | None:
+        """Index of the first layer with a parameter that requires a gradient (None: none)."""
+        for i, layer in enumerate(self.layers):
+            if any(p.requires_grad for p in layer.parameters()):
+                return i
         return None
 
     def backward_params(self, dy: Array) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..backend import Array, get_array_module
 from ..ops.fused import relu_grad
-from ..ops.special import gelu, gelu_grad
+from ..ops.special import gelu, gelu_grad, gelu_with_derivative
 from .base import Layer, describe, is_grad_enabled
 
 
@@ -121,9 +121,11 @@ class GELU(_Activation):
     computed from an accurate erf (:mod:`gpuconv.ops.special`; float64 within
     4.5e-16 * max(|x|, 1) of the exact value, float32 within an ulp). ``"tanh"``: ``x/2 * (1 + tanh(sqrt(2/pi) (x +
     0.044715 x^3)))``. Backward is the exact derivative of the chosen form
-    (``Phi(x) + x phi(x)`` for "none"). Only the input is kept for backward (no
-    copy, nothing under :func:`gpuconv.no_grad`); forward and backward are each
-    one fused kernel on CUDA.
+    (``Phi(x) + x phi(x)`` for "none"). One array of x's size is kept for backward
+    (nothing under :func:`gpuconv.no_grad`): for float32 off CUDA the derivative
+    ``GELU'(x)``, computed in the same pass as the output (cheaper than recomputing
+    it, and backward is one multiply), otherwise the input itself (no copy); forward
+    and backward are each one fused kernel on CUDA.
     """
 
     def __init__(self, approximate: str = "none") -> None:
@@ -131,17 +133,26 @@ class GELU(_Activation):
         if approximate not in ("none", "tanh"):
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
+        self._cache_is_derivative = False
 
     def config(self) -> dict:
         return {"approximate": self.approximate}
 
     def forward(self, x: Array) -> Array:
         self._check_x(x)
-        self._cache = x if is_grad_enabled() else None
-        return gelu(x, self.approximate)
+        if not is_grad_enabled():
+            self._cache = None
+            return gelu(x, self.approximate)
+        y, derivative = gelu_with_derivative(x, self.approximate)
+        self._cache_is_derivative = derivative is not None
+        self._cache = x if derivative is None else derivative
+        return y
 
     def backward(self, dy: Array) -> Array:
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward() called before forward() (or after a "
                                f"forward under gpuconv.no_grad(), which keeps nothing)")
-        return gelu_grad(dy, self._cached(dy), self.approximate)
+        saved = self._cached(dy)
+        if self._cache_is_derivative:  # dx in the input's dtype, as gelu_grad returns it
+            return get_array_module(dy, saved).multiply(dy, saved, dtype=saved.dtype)
+        return gelu_grad(dy, saved, self.approximate)

@@ -6,7 +6,7 @@ from typing import Any
 import numpy
 
 from ..backend import Array
-from ..ops.fused import batchnorm_input_grad, batchnorm_normalize
+from ..ops.fused import batchnorm_input_grad, batchnorm_normalize, channel_rows
 from ..ops.reduce import channel_sum
 from .base import Layer, Parameter, is_grad_enabled
 from .conv import positive_int_tuple
@@ -75,7 +75,8 @@ class _BatchNorm(Layer):
             raise ValueError(f"{self!r}: training needs more than one value per channel "
                              f"to compute a variance, got input shape {tuple(x.shape)}")
         mean = channel_sum(x) / count
-        centred = x - mean.reshape(bshape)
+        flat, mean_rows = channel_rows(x, mean)
+        centred = (flat - mean_rows).reshape(x.shape)
         var = xp.einsum(dot_spec, centred, centred) / count  # two-pass: exact for large means
         m = self.momentum
         self.running_mean *= 1 - m

@@ -86,8 +86,10 @@ def im2col(x: Array, kernel: Pair, stride: Pair, padding: Padding, dilation: Pai
 
 
 def col2im(cols: Array, x_shape: tuple[int, int, int, int], kernel: Pair, stride: Pair,
-           padding: Padding, dilation: Pair, workspace: Workspace | None = None) -> Array:
-    """Adjoint of :func:`im2col`: sum columns (C, KH, KW, N, OH, OW) back into (N, C, H, W)."""
+           padding: Padding, dilation: Pair, workspace: Workspace | None = None,
+           out: Array | None = None) -> Array:
+    """Adjoint of :func:`im2col`: sum columns (C, KH, KW, N, OH, OW) back into (N, C, H, W),
+    a new array or ``out`` (N, C, H, W)."""
     n, c, h, w = x_shape
     top, bottom, left, right = padding
     oh, ow = cols.shape[-2:]
@@ -96,4 +98,8 @@ def col2im(cols: Array, x_shape: tuple[int, int, int, int], kernel: Pair, stride
                       cols.dtype, xp, "zeros")
     for i, j, view in windows(dx_cnhw, kernel, stride, dilation, (oh, ow)):
         view += cols[:, i, j]
-    return xp.ascontiguousarray(unpad2d(dx_cnhw, padding).transpose(1, 0, 2, 3))
+    dx = unpad2d(dx_cnhw, padding).transpose(1, 0, 2, 3)
+    if out is None:
+        return xp.ascontiguousarray(dx)
+    out[...] = dx
+    return out

@@ -9,7 +9,11 @@ the end of each row are dropped afterwards. Copying C*N long runs is several
 times faster than copying C*N*OH short rows of OW values (the general
 :func:`gpuconv.ops.im2col.im2col`), at the cost of ``Wp / OW`` more columns.
 
-Columns are ``(C, KH, KW, N, OH * Wp)``; flattened, ``(C*KH*KW, N*OH*Wp)``.
+Columns are ``(KH, KW, C, N, OH * Wp)``, kernel offset first, so that each
+offset's columns are one contiguous block: im2col's copies and col2im's adds
+then have one contiguous side (col2im measured 1.5x faster than with
+``(C, KH, KW, ...)``, at 24 channels, 31x31). Flattened, ``(KH*KW*C, N*OH*Wp)``:
+the GEMM's weight matrix is ``weight.transpose(0, 2, 3, 1)`` (O, KH, KW, C).
 """
 from __future__ import annotations
 
@@ -50,23 +54,25 @@ def _padded_runs(x: Array, padding: Padding, margin: int,
 
 def im2col_rows(x: Array, kernel: Pair, padding: Padding, dilation: Pair,
                 workspace: Workspace | None = None) -> Array:
-    """Stride-1 columns of x (N, C, H, W): array (C, KH, KW, N, OH*Wp), dtype of x."""
+    """Stride-1 columns of x (N, C, H, W): array (KH, KW, C, N, OH*Wp), dtype of x."""
     xp = get_array_module(x)
     n, c = x.shape[:2]
     hp, wp, oh, ow, margin = row_geometry(x.shape, kernel, padding, dilation)
     runs = _padded_runs(x, padding, margin, workspace)
     length = oh * wp
-    cols = scratch(workspace, "cols", (c, kernel[0], kernel[1], n, length), x.dtype, xp)
+    cols = scratch(workspace, "cols", (kernel[0], kernel[1], c, n, length), x.dtype, xp)
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             start = i * dilation[0] * wp + j * dilation[1]
-            cols[:, i, j] = runs[:, :, start:start + length]
+            cols[i, j] = runs[:, :, start:start + length]
     return cols
 
 
 def col2im_rows(cols: Array, x_shape: tuple[int, int, int, int], kernel: Pair,
-                padding: Padding, dilation: Pair, workspace: Workspace | None = None) -> Array:
-    """Adjoint of :func:`im2col_rows`: (C, KH, KW, N, OH*Wp) -> dx (N, C, H, W) (a new array).
+                padding: Padding, dilation: Pair, workspace: Workspace | None = None,
+                out: Array | None = None) -> Array:
+    """Adjoint of :func:`im2col_rows`: (KH, KW, C, N, OH*Wp) -> dx (N, C, H, W) (a new
+    array, or written into ``out``).
 
     Entries of ``cols`` in the dropped columns must be zero (they are when
     they come from ``W.T @ dy`` with zero-filled dropped columns of dy).
@@ -80,6 +86,9 @@ def col2im_rows(cols: Array, x_shape: tuple[int, int, int, int], kernel: Pair,
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             start = i * dilation[0] * wp + j * dilation[1]
-            runs[:, :, start:start + length] += cols[:, i, j]
-    image = runs[:, :, :hp * wp].reshape(c, n, hp, wp)
-    return xp.ascontiguousarray(image[:, :, top:top + h, left:left + w].transpose(1, 0, 2, 3))
+            runs[:, :, start:start + length] += cols[i, j]
+    dx = runs[:, :, :hp * wp].reshape(c, n, hp, wp)[:, :, top:top + h, left:left + w]
+    if out is None:
+        return xp.ascontiguousarray(dx.transpose(1, 0, 2, 3))
+    out[...] = dx.transpose(1, 0, 2, 3)
+    return out

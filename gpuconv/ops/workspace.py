@@ -22,6 +22,7 @@ class Workspace:
 
     def __init__(self) -> None:
         self._arrays: dict[str, tuple[Array, Any]] = {}
+        self._children: dict[str, "Workspace"] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any, xp: ModuleType,
             fill: str = "empty", layout: Any = None) -> tuple[Array, bool]:
@@ -47,8 +48,17 @@ class Workspace:
         self._arrays[name] = (array, layout)
         return array, True
 
+    def child(self, name: str) -> "Workspace":
+        """A named sub-workspace (its own buffer names), created on first use: e.g. one
+        per batch-chunk size, so a smaller last chunk never reallocates the others."""
+        found = self._children.get(name)
+        if found is None:
+            found = self._children[name] = Workspace()
+        return found
+
     def clear(self) -> None:
         self._arrays.clear()
+        self._children.clear()
 
 
 def scratch(workspace: "Workspace | None", name: str, shape: tuple[int, ...], dtype: Any,

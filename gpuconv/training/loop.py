@@ -84,7 +84,7 @@ import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 from ..backend import (Array, Device, device_of, get_array_module, get_device, keep_freed_memory,
-                       reseed_for_epoch, set_state, to_numpy)
+                       own_cpu_threads, reseed_for_epoch, set_state, to_numpy)
 from ..layers.base import Layer
 from ..amp import GradScaler, check_amp_device, enable_mixed_precision, scaled_backward_step
 from ..distributed import Communicator, DataParallel, reduce_epoch_stats
@@ -638,7 +638,9 @@ def fit(model: Layer, train_data: Iterable, epochs: int, optimizer: Any, loss: A
     run = _Run(model, train_data, epochs, optimizer, loss, val_data, callbacks, scheduler,
                verbose, nan_policy, None if checkpoint_path is None else os.fspath(checkpoint_path),
                grad_scaler, every, max_steps, comm)
-    with run.device.context():  # new arrays go to the model's GPU (a no-op on the CPU)
+    # new arrays go to the model's GPU (a no-op on the CPU); on the CPU, gpuconv's worker
+    # threads get the cores (gpuconv.backend.threads: BLAS held at one thread meanwhile)
+    with run.device.context(), own_cpu_threads():
         if resume_from is not None:
             run.resume(resume_from)
         return run.run()
