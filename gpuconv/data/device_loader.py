@@ -29,15 +29,15 @@ those samples, so the ranks together see exactly one process's batches.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterator, Sequence
 
 import numpy
 
-from ..backend import Device, epoch_order, get_device, get_seed, to_device
+from ..backend import Device, get_device, get_seed, to_device
 from ..distributed import shard_bounds
 from .augment import Normalize, crop_and_flip, pad_images
 from .datasets import ArrayDataset
+from .epochs import EpochBatches
 
 __all__ = ["DeviceDataLoader", "FLIP_MODES", "flip_mask", "translate_offsets"]
 
@@ -70,7 +70,7 @@ def translate_offsets(n: int, seed: int, epoch: int, max_shift: int
             gen.integers(0, size, n, dtype=numpy.int64))
 
 
-class DeviceDataLoader:
+class DeviceDataLoader(EpochBatches):
     """Mini-batches ``(x, y)`` gathered on the device from a device-resident dataset.
 
     Args:
@@ -128,14 +128,7 @@ class DeviceDataLoader:
         self.normalize, self.translate, self.flip = normalize, translate, flip
         self.image_size = (int(images.shape[2]), int(images.shape[3]))
         self.num_samples = int(images.shape[0])
-        self.epoch = 0
-        self._skip = 0  # batches the next iteration leaves out (skip_batches)
-        self.comm = comm
-        self.rank, self.world = (0, 1) if comm is None else (int(comm.rank), int(comm.size))
-        if self.batch_size % self.world:
-            raise ValueError(f"DeviceDataLoader: the global batch_size {self.batch_size} does "
-                             f"not divide by the {self.world} ranks; use a multiple of "
-                             f"{self.world} (each rank gets batch_size / {self.world})")
+        self._init_epochs(comm)
         with self.device.context():
             self.images = self._upload(images)
             self.labels = to_device(numpy.ascontiguousarray(labels, dtype=numpy.int64),
@@ -162,40 +155,9 @@ class DeviceDataLoader:
         stop = self.num_samples if count is None else min(int(count), self.num_samples)
         return self.images[:stop, :, r:r + h, r:r + w] if r else self.images[:stop]
 
-    # -- bookkeeping (the DataLoader protocol fit uses) ------------------------------
-    def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else math.ceil(n / b)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch < 0:
-            raise ValueError(f"DeviceDataLoader: epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
-
-    def skip_batches(self, n: int) -> None:
-        """Make the next ``iter(loader)`` start at batch ``n + 1`` of its epoch (``fit``
-        resuming in the middle of an epoch): the first ``n`` are not gathered. Applies
-        to one iteration only."""
-        if isinstance(n, bool) or not isinstance(n, (int, numpy.integer)) or n < 0:
-            raise ValueError(f"DeviceDataLoader: skip_batches needs an int >= 0, got {n!r}")
-        self._skip = int(n)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self.set_epoch(int(state["epoch"]))
-
-    def order(self, epoch: int) -> numpy.ndarray:
-        """Sample indices (int64, host) in the order epoch ``epoch`` visits them."""
-        return epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
-
     # -- iteration ---------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[Array, Array]]:
-        epoch = self.epoch
-        self.epoch += 1
-        skip, self._skip = self._skip, 0  # see skip_batches
+        epoch, skip = self._next_epoch()
         return self._iterate(epoch, skip)
 
     def _iterate(self, epoch: int, skip: int = 0) -> Iterator[tuple[Array, Array]]:

@@ -15,17 +15,17 @@ Labels arrive as int64 ``(B,)`` on the same device.
 """
 from __future__ import annotations
 
-import math
 import queue
 import threading
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy
 
-from ..backend import Device, epoch_order, get_device, get_seed, to_device
+from ..backend import Device, get_device, get_seed, to_device
 from ..distributed import shard_bounds
 from .augment import Normalize
 from .datasets import ArrayDataset
+from .epochs import EpochBatches
 from .datasets.cifar import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ["DataLoader", "CIFAR10_MEAN", "CIFAR10_STD"]
@@ -113,7 +113,7 @@ class _Prefetcher:
             pass
 
 
-class DataLoader:
+class DataLoader(EpochBatches):
     """Iterate a dataset in mini-batches ``(x, y)`` on a device.
 
     Args:
@@ -212,48 +212,12 @@ class DataLoader:
         self.normalize: "Normalize | None" = normalize
         self.augment = augment
         self.prefetch = 2 if prefetch is True else int(prefetch or 0)
-        self.epoch = 0
-        self._skip = 0  # batches the next iteration leaves out (skip_batches)
-        self.comm = comm
-        self.rank, self.world = (0, 1) if comm is None else (int(comm.rank), int(comm.size))
-        if self.batch_size % self.world:
-            raise ValueError(f"DataLoader: the global batch_size {self.batch_size} does not "
-                             f"divide by the {self.world} ranks; use a multiple of "
-                             f"{self.world} (each rank gets batch_size / {self.world})")
+        self._init_epochs(comm)
 
     # -- bookkeeping -------------------------------------------------------------
     @property
     def num_samples(self) -> int:
         return int(self.images.shape[0])
-
-    def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else math.ceil(n / b)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next ``iter(loader)`` use epoch ``epoch``'s order."""
-        if epoch < 0:
-            raise ValueError(f"DataLoader: epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
-
-    def skip_batches(self, n: int) -> None:
-        """Make the next ``iter(loader)`` start at batch ``n + 1`` of its epoch: the
-        first ``n`` batches are neither gathered nor augmented (``fit`` resuming in
-        the middle of an epoch). Applies to one iteration only."""
-        if isinstance(n, bool) or not isinstance(n, (int, numpy.integer)) or n < 0:
-            raise ValueError(f"DataLoader: skip_batches needs an int >= 0, got {n!r}")
-        self._skip = int(n)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seed = int(state["seed"])
-        self.set_epoch(int(state["epoch"]))
-
-    def order(self, epoch: int) -> numpy.ndarray:
-        """Sample indices (int64, host) in the order epoch ``epoch`` visits them."""
-        return epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
 
     # -- iteration ----------------------------------------------------------------
     def _jobs(self, order: numpy.ndarray) -> list:
@@ -276,9 +240,7 @@ class DataLoader:
         return _ShardJob(job[lo:hi], None)
 
     def __iter__(self) -> Iterator[tuple[Array, Array]]:
-        epoch = self.epoch
-        self.epoch += 1
-        skip, self._skip = getattr(self, "_skip", 0), 0  # see skip_batches
+        epoch, skip = self._next_epoch()
         return self._iterate(self._jobs(self.order(epoch))[skip:])
 
     def _iterate(self, jobs: list) -> Iterator[tuple[Array, Array]]:
