@@ -27,16 +27,21 @@ environment variable ``GPUCONV_DEBUG=1`` -- because the check costs a
 device-to-host synchronisation every step.
 
 Shapes: ``N`` is the batch size, ``K`` the number of classes.
+
+``forward`` runs with ``pred``'s device current and ``backward`` with the
+device of the last forward's ``pred`` (CuPy allocates on the current device;
+see :func:`gpuconv.backend.device_context_of`).
 """
 from __future__ import annotations
 
+import functools
 import os
 from types import ModuleType
 from typing import Any
 
 import numpy
 
-from .backend import Array, get_array_module, to_numpy
+from .backend import Array, device_context_of, get_array_module, to_numpy
 
 __all__ = ["Loss", "CrossEntropy", "SoftmaxCrossEntropy", "NLLLoss", "BCEWithLogits", "MSE",
            "Hinge", "Huber", "REDUCTIONS", "KERAS_EPSILON", "LOSSES", "get", "debug_enabled"]
@@ -57,6 +62,25 @@ def _shape(a: Any) -> tuple[int, ...]:
 Weight = Any  # a python float, a 0-d array, or an array of the unreduced losses' shape
 
 
+def _forward_on_device(method):
+    @functools.wraps(method)
+    def forward(self, pred, target):
+        self._device_array = pred
+        with device_context_of(pred):
+            return method(self, pred, target)
+    forward.__on_device__ = True
+    return forward
+
+
+def _backward_on_device(method):
+    @functools.wraps(method)
+    def backward(self, grad=None):
+        with device_context_of(getattr(self, "_device_array", None)):
+            return method(self, grad)
+    backward.__on_device__ = True
+    return backward
+
+
 class Loss:
     """Base class: ``loss(pred, target)`` == ``loss.forward(pred, target)``.
 
@@ -64,6 +88,13 @@ class Loss:
         check_labels: range-check device labels (a host sync; see the module doc).
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (see the module doc).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, wrap in (("forward", _forward_on_device), ("backward", _backward_on_device)):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "__on_device__", False):
+                setattr(cls, name, wrap(method))
 
     def __init__(self, check_labels: bool = False, reduction: str = "mean") -> None:
         if reduction not in REDUCTIONS:

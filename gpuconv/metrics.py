@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy
 
-from .backend import Array, device_of, get_array_module, to_device, to_numpy
+from .backend import Array, device_of, get_array_module, on_array_device, to_device, to_numpy
 
 __all__ = ["accuracy", "top_k_accuracy", "confusion_matrix", "precision_recall_f1",
            "classification_report", "to_labels"]
@@ -40,6 +40,7 @@ def _same_device(y_true: Any, pred: Any) -> tuple[ModuleType, Array, Array]:
     return xp, y_true, pred
 
 
+@on_array_device
 def to_labels(pred: Array) -> Array:
     """Class labels (N,) from labels (N,), scores (N, K) (argmax) or binary logits (N, 1) (> 0)."""
     xp = get_array_module(pred)
@@ -62,6 +63,7 @@ def _check_true(y_true: Array, n: int) -> None:
         raise TypeError(f"metrics: y_true must hold integer labels, got dtype {y_true.dtype}")
 
 
+@on_array_device
 def accuracy(y_true: Any, y_pred_or_logits: Any) -> float:
     """Fraction of samples whose predicted class equals ``y_true`` (0.0 for N = 0)."""
     xp, y_true, pred = _same_device(y_true, y_pred_or_logits)
@@ -72,6 +74,7 @@ def accuracy(y_true: Any, y_pred_or_logits: Any) -> float:
     return float(to_numpy(xp.mean(labels == y_true)))
 
 
+@on_array_device
 def top_k_accuracy(y_true: Any, logits: Any, k: int = 5) -> float:
     """Fraction of samples whose true class is among the ``k`` highest scores.
 
@@ -117,6 +120,7 @@ def _confusion_device(y_true: Any, y_pred: Any, num_classes: int) -> tuple[Modul
     return xp, cm.reshape(num_classes, num_classes)
 
 
+@on_array_device
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> numpy.ndarray:
     """(K, K) int64 NumPy array; entry [i, j] counts samples of true class i predicted as j."""
     _, cm = _confusion_device(y_true, y_pred, num_classes)
@@ -135,6 +139,7 @@ def _scores(xp: ModuleType, cm: Array) -> tuple[Array, Array, Array, Array]:
     return precision, recall, f1, support
 
 
+@on_array_device
 def precision_recall_f1(y_true: Any, y_pred: Any, num_classes: int,
                         average: str | None = None) -> tuple[Any, Any, Any]:
     """Precision, recall and F1.
@@ -160,6 +165,7 @@ def precision_recall_f1(y_true: Any, y_pred: Any, num_classes: int,
     return float(host[0]), float(host[1]), float(host[2])
 
 
+@on_array_device
 def classification_report(y_true: Any, y_pred: Any, class_names: Sequence[str] | None = None,
                           num_classes: int | None = None, digits: int = 2) -> str:
     """Text table like ``sklearn.metrics.classification_report``.

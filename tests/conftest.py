@@ -23,13 +23,35 @@ import gpuconv  # noqa: E402
 import fakecupy  # noqa: E402  (importing registers the "fakecupy" backend)
 
 DEVICES = ["cpu", fakecupy.DEVICE]
+DEVICE_IDS = ["cpu", "fakecupy"]
 
 
-@pytest.fixture(params=DEVICES, ids=["cpu", "fakecupy"])
-def device(request) -> str:
-    """A device name: "cpu" (NumPy) or "fakecupy" (strict fake CuPy)."""
+def _device(request) -> str:
     fakecupy.register()  # idempotent; survives tests that re-register backends
     return request.param
+
+
+@pytest.fixture(params=DEVICES, ids=DEVICE_IDS)
+def device(request) -> str:
+    """A device name: "cpu" (NumPy) or "fakecupy" (strict fake CuPy)."""
+    return _device(request)
+
+
+def device_fixture_with_second_gpu():
+    """The ``device`` fixture plus ``"fakecupy:1"``: the model and data on the fake's
+    second GPU while the current device stays 0, as on every rank but the first of a
+    one-GPU-per-rank job. The fake (like CuPy) raises wherever gpuconv computes outside
+    its arrays' device. A module opts in with ``device = device_fixture_with_second_gpu()``;
+    its own direct writes into device arrays go through ``on_device(device)``. Modules
+    that test single ops (which, like CuPy's functions, run on the current device) stay
+    on the plain fixture."""
+    return pytest.fixture(params=DEVICES + [fakecupy.DEVICE + ":1"],
+                          ids=DEVICE_IDS + ["fakecupy1"], name="device")(_device)
+
+
+def on_device(device: str):
+    """Context making ``device`` current, for a test's own operations on its arrays."""
+    return gpuconv.backend.get_device(device).context()
 
 
 @pytest.fixture(autouse=True)

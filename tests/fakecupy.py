@@ -21,6 +21,18 @@ wrapper around a numpy.ndarray that is *not* an ndarray subclass and, like
   shuffle), with CuPy's signatures (``dtype=`` on random, standard_normal
   and uniform).
 
+Devices: the fake has two GPUs (``xp.cuda.runtime.getDeviceCount() == 2``)
+and a *current device* per host thread (``xp.cuda.Device(i)`` as a context
+manager, as in CuPy). Arrays carry the device they were created on (the
+current one; ``from_host(a, index)`` puts them on ``index``) and, like CuPy
+without peer access, every operation that launches work on an array of
+another device raises ValueError ("The device where the array resides (1)
+is different from the current device (0)..."). Views (basic indexing,
+reshape, transpose), metadata and host copies (``.get()``, ``float()``,
+``repr``) work from any device, as in CuPy. A generator belongs to the
+device current at its creation and refuses to draw on another. ``a.data.ptr``
+is the address of the array's memory (used by the fake NCCL in tests).
+
 Deliberately stricter than CuPy in one place: CuPy silently copies a
 numpy.ndarray used as an *index* (``cupy_arr[numpy_mask]``) to the device;
 the fake raises, since such an index is a hidden transfer on every call.
@@ -32,6 +44,7 @@ Importing this module registers the backend under the device name
 from __future__ import annotations
 
 import operator
+import threading
 import types
 from typing import Any
 
@@ -51,22 +64,92 @@ def _unsupported(obj: Any) -> TypeError:
                      "device arrays with numpy.ndarray; transfer explicitly")
 
 
-class _FakeDevice:
-    """Stand-in for ``cupy.cuda.Device`` (only ``id``)."""
+DEVICE_COUNT = 2
+_local = threading.local()  # the current device, per host thread (as CUDA's)
 
-    id = 0
+
+def current_device_id() -> int:
+    return getattr(_local, "device", 0)
+
+
+def _peer_error(array_device: int) -> ValueError:
+    return ValueError(f"The device where the array resides ({array_device}) is different "
+                      f"from the current device ({current_device_id()}). Peer access is "
+                      "unavailable between these devices.")
+
+
+class _FakeDevice:
+    """Stand-in for ``cupy.cuda.Device``: ``id``, ``use()``, a context manager."""
+
+    def __init__(self, device: "int | None" = None) -> None:
+        index = current_device_id() if device is None else int(device)
+        if not 0 <= index < DEVICE_COUNT:
+            raise RuntimeError(f"CUDA error: invalid device ordinal ({index})")
+        self.id = index
+        self._previous: list[int] = []
+
+    def use(self) -> None:
+        _local.device = self.id
+
+    def synchronize(self) -> None:
+        return None
+
+    def __enter__(self) -> "_FakeDevice":
+        self._previous.append(current_device_id())
+        _local.device = self.id
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _local.device = self._previous.pop()
 
     def __repr__(self) -> str:
-        return "<FakeCUDA Device 0>"
+        return f"<FakeCUDA Device {self.id}>"
 
     def __eq__(self, other: Any) -> bool:
-        return isinstance(other, _FakeDevice)
+        return isinstance(other, _FakeDevice) and other.id == self.id
 
     def __hash__(self) -> int:
-        return 0
+        return self.id
 
 
-_DEVICE = _FakeDevice()
+class _FakeStream:
+    """``cupy.cuda.get_current_stream()``: a ``ptr`` and ``synchronize()``."""
+
+    ptr = 0
+
+    def synchronize(self) -> None:
+        return None
+
+
+class _FakeMemoryPointer:
+    """``cupy.ndarray.data``: ``ptr`` (the address of the first element) and ``device``."""
+
+    def __init__(self, ptr: int, device_id: int) -> None:
+        self.ptr = ptr
+        self.device_id = device_id
+        self.device = _FakeDevice(device_id)
+
+
+_cuda = types.ModuleType("fakecupy.cuda", "fake of cupy.cuda: devices and streams")
+_cuda.Device = _FakeDevice
+_cuda.get_current_stream = lambda device=None: _FakeStream()  # noqa: E731
+_cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: DEVICE_COUNT,
+                                      getDevice=current_device_id)
+
+
+_POINTER_DEVICES: dict[int, int] = {}  # a.data.ptr -> device, for the fake NCCL's checks
+
+
+def pointer_device(ptr: int) -> "int | None":
+    """The device of the array whose ``.data.ptr`` last was ``ptr`` (None: never seen)."""
+    return _POINTER_DEVICES.get(int(ptr))
+
+
+def _on_current(array: "FakeArray") -> "FakeArray":
+    """``array`` if it lives on the current device, else CuPy's peer-access error."""
+    if array._dev != current_device_id():
+        raise _peer_error(array._dev)
+    return array
 
 
 # ---------------------------------------------------------------------------
@@ -76,7 +159,7 @@ _DEVICE = _FakeDevice()
 def _unwrap(obj: Any, allow_host: bool = False) -> Any:
     """FakeArray -> its numpy array; numpy.ndarray -> TypeError (unless allow_host)."""
     if isinstance(obj, FakeArray):
-        return obj._a
+        return _on_current(obj)._a
     if isinstance(obj, numpy.ndarray):
         if allow_host:
             return obj
@@ -103,7 +186,7 @@ def _wrap(obj: Any) -> Any:
 def _operand(other: Any) -> Any:
     """An operator's other operand: FakeArray or scalar; ndarray/list/other -> error."""
     if isinstance(other, FakeArray):
-        return other._a
+        return _on_current(other)._a
     if isinstance(other, (bool, int, float, complex, numpy.generic)):
         return other
     if isinstance(other, numpy.ndarray):
@@ -114,7 +197,7 @@ def _operand(other: Any) -> Any:
 def _index(key: Any) -> Any:
     """Unwrap an index. numpy.ndarray indices are refused (see module doc)."""
     if isinstance(key, FakeArray):
-        return key._a
+        return _on_current(key)._a
     if isinstance(key, numpy.ndarray):
         raise TypeError("fakecupy: indexing with a numpy.ndarray is a hidden host->device "
                         "transfer; create the index on the device (xp.asarray) first")
@@ -142,18 +225,34 @@ _ARRAY_METHODS = frozenset(
     if not n.startswith("_") and callable(getattr(numpy.ndarray, n, None))
     and not isinstance(getattr(numpy.ndarray, n), (property, types.GetSetDescriptorType)))
 _NO_WRAP_METHODS = frozenset({"item", "tolist", "tobytes", "tofile", "dump", "dumps"})
+# methods that may return a view: CuPy runs them without a kernel when they do
+_VIEW_METHODS = frozenset({"reshape", "view", "transpose", "swapaxes", "squeeze", "ravel",
+                           "diagonal"})
+
+
+def _is_basic_index(key: Any) -> bool:
+    """True for keys that select a view (ints, slices, None, Ellipsis, tuples of them)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    return all(k is None or k is Ellipsis or isinstance(k, slice) and
+               all(isinstance(v, (int, type(None))) for v in (k.start, k.stop, k.step))
+               or isinstance(k, int) and not isinstance(k, bool) for k in parts)
 
 
 class FakeArray:
     """A 'device' array: a numpy array behind CuPy's strict interface."""
 
-    __slots__ = ("_a",)
+    __slots__ = ("_a", "_dev")
     __array_priority__ = 100  # like cupy: numpy defers binary operators to us
 
-    def __init__(self, array: numpy.ndarray) -> None:
+    def __init__(self, array: numpy.ndarray, device: "int | None" = None) -> None:
         if not isinstance(array, numpy.ndarray):
             raise TypeError(f"FakeArray wraps a numpy.ndarray, got {type(array)}")
         object.__setattr__(self, "_a", array)
+        object.__setattr__(self, "_dev", current_device_id() if device is None else device)
+
+    def _view(self, array: numpy.ndarray) -> "FakeArray":
+        """A view of this array: same device, no kernel, allowed from any device."""
+        return FakeArray(array, self._dev)
 
     # ---- explicit transfers ------------------------------------------------
     def get(self, stream: Any = None, order: str = "C", out: Any = None,
@@ -173,6 +272,12 @@ class FakeArray:
         if arr.shape != self._a.shape:
             raise ValueError("Shape mismatch")
         self._a[...] = arr
+
+    @property
+    def data(self) -> _FakeMemoryPointer:
+        ptr = self._a.__array_interface__["data"][0]
+        _POINTER_DEVICES[ptr] = self._dev
+        return _FakeMemoryPointer(ptr, self._dev)
 
     def __array__(self, *args: Any, **kwargs: Any) -> numpy.ndarray:
         raise TypeError(_IMPLICIT_MSG)
@@ -239,40 +344,46 @@ class FakeArray:
     @property
     def base(self) -> "FakeArray | None":
         return None if self._a.base is None or not isinstance(self._a.base, numpy.ndarray) \
-            else FakeArray(self._a.base)
+            else self._view(self._a.base)
 
     @property
     def T(self) -> "FakeArray":
-        return FakeArray(self._a.T)
+        return self._view(self._a.T)
 
     @property
     def mT(self) -> "FakeArray":
-        return FakeArray(self._a.mT)
+        return self._view(self._a.mT)
 
     @property
     def real(self) -> "FakeArray":
-        return FakeArray(self._a.real)
+        return self._view(self._a.real)
 
     @property
     def imag(self) -> "FakeArray":
-        return FakeArray(self._a.imag)
+        return self._view(self._a.imag)
 
     @property
     def device(self) -> _FakeDevice:
-        return _DEVICE
+        return _FakeDevice(self._dev)
 
     def __getattr__(self, name: str) -> Any:
         if name in _ARRAY_METHODS:
             method = getattr(self._a, name)
             wrap = name not in _NO_WRAP_METHODS
+            view = name in _VIEW_METHODS or not wrap
 
             def call(*args: Any, **kwargs: Any) -> Any:
+                if not view:
+                    _on_current(self)
                 result = method(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
                 if result is self._a:
                     return self
                 out = kwargs.get("out")
                 if isinstance(out, FakeArray) and result is out._a:
                     return out
+                if view and isinstance(result, numpy.ndarray) and \
+                        numpy.shares_memory(result, self._a):
+                    return self._view(result)
                 return _wrap(result) if wrap else result
 
             call.__name__ = name
@@ -325,23 +436,28 @@ class FakeArray:
     __hash__ = None  # type: ignore[assignment]
 
     def __copy__(self) -> "FakeArray":
-        return FakeArray(self._a.copy())
+        return FakeArray(_on_current(self)._a.copy())
 
     def __deepcopy__(self, memo: Any) -> "FakeArray":
-        return FakeArray(self._a.copy())
+        return FakeArray(self._a.copy(), self._dev)
 
     def __reduce__(self):
-        return (FakeArray, (self._a,))
+        return (FakeArray, (self._a, self._dev))
 
     # ---- indexing ---------------------------------------------------------------
     def __getitem__(self, key: Any) -> "FakeArray":
-        return _wrap(self._a[_index(key)])
+        if _is_basic_index(key):  # a view: no kernel, any current device (as CuPy)
+            result = self._a[key]
+            return self._view(result) if isinstance(result, numpy.ndarray) else \
+                self._view(numpy.asarray(result))
+        return _wrap(_on_current(self)._a[_index(key)])
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if isinstance(value, numpy.ndarray):
             raise _unsupported(value)
+        _on_current(self)
         if isinstance(value, FakeArray):
-            value = value._a
+            value = _on_current(value)._a
         self._a[_index(key)] = value
 
 
@@ -353,19 +469,19 @@ def _make_binary(name: str):
         o = _operand(other)
         if o is None:
             return NotImplemented
-        return _wrap(op(self._a, o))
+        return _wrap(op(_on_current(self)._a, o))
 
     def reflected(self: FakeArray, other: Any) -> Any:
         o = _operand(other)
         if o is None:
             return NotImplemented
-        return _wrap(op(o, self._a))
+        return _wrap(op(o, _on_current(self)._a))
 
     def inplace(self: FakeArray, other: Any) -> FakeArray:
         o = _operand(other)
         if o is None:
             return NotImplemented
-        iop(self._a, o)  # numpy updates self._a in place
+        iop(_on_current(self)._a, o)  # numpy updates self._a in place
         return self
 
     return forward, reflected, inplace
@@ -385,7 +501,7 @@ def _make_compare(name: str):
         o = _operand(other)
         if o is None:
             return NotImplemented
-        return _wrap(op(self._a, o))
+        return _wrap(op(_on_current(self)._a, o))
 
     return compare
 
@@ -398,7 +514,7 @@ def _make_unary(name: str):
     op = getattr(operator, name)
 
     def unary(self: FakeArray) -> FakeArray:
-        return _wrap(op(self._a))
+        return _wrap(op(_on_current(self)._a))
 
     return unary
 
@@ -411,7 +527,7 @@ def _divmod(self: FakeArray, other: Any) -> Any:
     o = _operand(other)
     if o is None:
         return NotImplemented
-    return _wrap(divmod(self._a, o))
+    return _wrap(divmod(_on_current(self)._a, o))
 
 
 FakeArray.__divmod__ = _divmod  # type: ignore[attr-defined]
@@ -464,6 +580,7 @@ class FakeUfunc:
     def at(self, a: Any, indices: Any, b: Any = None) -> None:
         if not isinstance(a, FakeArray):
             raise _unsupported(a)
+        _on_current(a)
         args = (_index(indices),) if b is None else (_index(indices), _unwrap(b))
         self._ufunc.at(a._a, *args)
 
@@ -493,7 +610,10 @@ def _wrap_function(name: str, fn: Any) -> Any:
                 a = numpy.array(a, copy=True)
             elif isinstance(a, FakeArray):
                 result = fn(a._a, *_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()})
-                return a if result is a._a else FakeArray(numpy.asarray(result))
+                if result is a._a:
+                    return a
+                _on_current(a)  # a dtype change is a kernel on a's device
+                return FakeArray(numpy.asarray(result))
             result = fn(_unwrap(a, allow_host=True), *_unwrap(args),
                         **{k: _unwrap(v) for k, v in kwargs.items()})
             return FakeArray(numpy.asarray(result))
@@ -535,25 +655,31 @@ _GENERATOR_METHODS = frozenset(
 class FakeGenerator:
     """numpy.random.Generator restricted to cupy.random.Generator's methods and signatures."""
 
-    __slots__ = ("_gen",)
+    __slots__ = ("_gen", "_dev")
 
     def __init__(self, seed: Any = None) -> None:
         object.__setattr__(self, "_gen", numpy.random.default_rng(_unwrap(seed)))
+        object.__setattr__(self, "_dev", current_device_id())  # its state lives there
+
+    def _here(self) -> numpy.random.Generator:
+        if self._dev != current_device_id():
+            raise _peer_error(self._dev)
+        return self._gen
 
     def random(self, size: Any = None, dtype: Any = numpy.float64, out: Any = None) -> Any:
-        return self._fill(self._gen.random(size=size, dtype=dtype), out)
+        return self._fill(self._here().random(size=size, dtype=dtype), out)
 
     def standard_normal(self, size: Any = None, dtype: Any = numpy.float64, out: Any = None) -> Any:
-        return self._fill(self._gen.standard_normal(size=size, dtype=dtype), out)
+        return self._fill(self._here().standard_normal(size=size, dtype=dtype), out)
 
     def uniform(self, low: Any = 0.0, high: Any = 1.0, size: Any = None,
                 dtype: Any = numpy.float64) -> Any:
         low, high = _unwrap(low), _unwrap(high)
-        return _wrap(self._gen.uniform(low, high, size).astype(dtype, copy=False))
+        return _wrap(self._here().uniform(low, high, size).astype(dtype, copy=False))
 
     def integers(self, low: Any, high: Any = None, size: Any = None, dtype: Any = numpy.int64,
                  endpoint: bool = False) -> Any:
-        return _wrap(self._gen.integers(_unwrap(low), _unwrap(high), size, dtype=dtype,
+        return _wrap(self._here().integers(_unwrap(low), _unwrap(high), size, dtype=dtype,
                                         endpoint=endpoint))
 
     @staticmethod
@@ -562,7 +688,7 @@ class FakeGenerator:
             return _wrap(result)
         if not isinstance(out, FakeArray):
             raise _unsupported(out)
-        out._a[...] = result
+        _on_current(out)._a[...] = result
         return out
 
     def __getattr__(self, name: str) -> Any:
@@ -570,6 +696,7 @@ class FakeGenerator:
             method = getattr(self._gen, name)
 
             def call(*args: Any, **kwargs: Any) -> Any:
+                self._here()
                 return _call_numpy(method, args, kwargs)
 
             call.__name__ = name
@@ -625,19 +752,23 @@ for _attr in ("Generator", "default_rng", "BitGenerator", "RandomState"):
 random.Generator = FakeGenerator
 random.default_rng = lambda seed=None: FakeGenerator(seed)  # noqa: E731
 xp.random = random
+xp.cuda = _cuda
 
 ALLOWED_NAMES = frozenset(n for n in vars(xp) if not n.startswith("_"))
 
 
 def from_host(a: numpy.ndarray, index: int = 0) -> FakeArray:
-    """The backend's host->device transfer: always a copy."""
+    """The backend's host->device transfer to fake GPU ``index``: always a copy."""
     if not isinstance(a, numpy.ndarray):
         raise TypeError(f"from_host expects a numpy.ndarray, got {type(a)}")
-    return FakeArray(numpy.array(a, copy=True, order="C"))
+    _FakeDevice(index)  # the index must exist
+    return FakeArray(numpy.array(a, copy=True, order="C"), index)
 
 
 BACKEND = Backend(name=DEVICE, xp=xp, array_type=FakeArray,
-                  to_host=lambda a: a.get(), from_host=from_host)
+                  to_host=lambda a: a.get(), from_host=from_host,
+                  device_index=lambda a: a._dev, device_context=_FakeDevice,
+                  current_index=current_device_id)
 
 
 def register() -> None:

@@ -12,6 +12,9 @@ from gpuconv.data.augment import crop_and_flip, pad_images
 from gpuconv.data.device_loader import flip_mask, translate_offsets
 from gpuconv.layers import Conv2D, Dense, Flatten, GlobalAvgPool2D
 from gpuconv.training.tta import tta_forward, tta_views
+from conftest import device_fixture_with_second_gpu, on_device  # noqa: F401
+
+device = device_fixture_with_second_gpu()
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -202,10 +205,13 @@ def float_state(model):
 
 def perturb(model, rng):
     for _, p in model.named_parameters():
-        p.data += to_device(rng.standard_normal(p.data.shape).astype(p.data.dtype), device_of(p.data))
+        with device_of(p.data).context():
+            p.data += to_device(rng.standard_normal(p.data.shape).astype(p.data.dtype),
+                                device_of(p.data))
     for _, b in model.named_buffers():
         if b.dtype.kind == "f":
-            b += to_device(rng.random(b.shape).astype(b.dtype), device_of(b))
+            with device_of(b).context():
+                b += to_device(rng.random(b.shape).astype(b.dtype), device_of(b))
 
 
 def test_lookahead_follows_airbench_lerp_schedule(device):

@@ -15,7 +15,7 @@ from gpuconv.layers import (AvgPool2D, BatchNorm1d, BatchNorm2d, Conv1D, Conv2D,
                             Dropout2d, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU, Residual)
 from gpuconv.layers.base import Parameter
 from gpuconv.losses import SoftmaxCrossEntropy
-from gpuconv.ops import fused
+from gpuconv.ops import cuda_source, fused
 from gpuconv.optim import SGD, Adam
 from gpuconv import amp as amp_module
 from gpuconv.amp import GradScaler, enable_mixed_precision
@@ -390,7 +390,8 @@ def test_cli_amp_on_cpu_is_one_clear_error(tmp_path, capsys):
 
 
 def test_fused_cuda_kernels_only_for_one_float32_or_float64_dtype(monkeypatch):
-    monkeypatch.setattr(fused, "backend_of_module", lambda xp: types.SimpleNamespace(name="cuda"))
+    monkeypatch.setattr(cuda_source, "backend_of_module",
+                        lambda xp: types.SimpleNamespace(name="cuda"))
     a32, a16 = numpy.zeros(4, numpy.float32), numpy.zeros(4, numpy.float16)
     assert fused._use_cuda_kernel(numpy, a32, a32)
     assert fused._use_cuda_kernel(numpy, a32.astype(numpy.float64))

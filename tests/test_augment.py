@@ -10,6 +10,9 @@ import pytest
 import gpuconv
 from gpuconv.backend import get_array_module, to_device, to_numpy
 from gpuconv.data import augment as A
+from conftest import device_fixture_with_second_gpu, on_device  # noqa: F401
+
+device = device_fixture_with_second_gpu()
 
 
 def dev(x, device):

@@ -16,13 +16,16 @@ import numpy
 import pytest
 
 import gpuconv
-from gpuconv.backend import device_of, get_array_module, to_device, to_numpy
+from gpuconv.backend import device_of, get_array_module, get_device, to_device, to_numpy
 from gpuconv.containers import Sequential
 from gpuconv.layers import (AvgPool2D, BatchNorm1d, BatchNorm2d, Conv1D, Conv2D, Dense, Flatten,
                             GlobalAvgPool2D, MaxPool2D, ReLU, Residual, Softmax)
 from gpuconv.ops import conv as conv_ops
 from gpuconv.ops import pooling as pool_ops
 from layer_checks import CASE_IDS, CASES, make_input, make_layer, seed_cnn, tie_free
+from conftest import device_fixture_with_second_gpu, on_device  # noqa: F401
+
+device = device_fixture_with_second_gpu()
 
 
 def host(a):
@@ -30,7 +33,7 @@ def host(a):
 
 
 def assert_on(a, device: str) -> None:
-    assert device_of(a).kind == device, f"array on {device_of(a)}, expected {device}"
+    assert device_of(a) == get_device(device), f"array on {device_of(a)}, expected {device}"
 
 
 def run_on(layer, x, dy, device, reseed=None):
@@ -130,10 +133,11 @@ def test_all_conv_column_methods_agree_with_the_im2col_path(kernel, padding, dil
     results = {}
     for method in _methods():
         kwargs = {} if method == "auto" and len(_methods()) == 1 else {"method": method}
-        y, cols = conv_ops.conv2d_forward(xd, wd, bd, (1, 1), padding, dilation, **kwargs)
-        dy = to_device(numpy.random.default_rng(5).standard_normal(tuple(y.shape)), device)
-        grads = conv_ops.conv2d_backward(dy, cols, wd, x.shape, (1, 1), padding, dilation, True,
-                                         **kwargs)
+        with on_device(device):  # single ops run on the current device, as CuPy's functions
+            y, cols = conv_ops.conv2d_forward(xd, wd, bd, (1, 1), padding, dilation, **kwargs)
+            dy = to_device(numpy.random.default_rng(5).standard_normal(tuple(y.shape)), device)
+            grads = conv_ops.conv2d_backward(dy, cols, wd, x.shape, (1, 1), padding, dilation,
+                                             True, **kwargs)
         results[method] = [host(y)] + [host(g) for g in grads]
     # reference: direct summation over kernel offsets (independent of both im2col layouts)
     top, bottom, left, right = padding
@@ -160,23 +164,25 @@ def test_all_conv_column_methods_agree_with_the_im2col_path(kernel, padding, dil
     ((3, 2), (1, 2), (1, 1, 1, 1), (5, 5)),
 ])
 def test_pooling_ops_on_device(kernel, stride, padding, hw, device):
-    rng = numpy.random.default_rng(6)
-    x = tie_free((2, 3) + hw, rng)
-    y0, arg0 = pool_ops.max_pool2d_forward(x, kernel, stride, padding)
-    y1, arg1 = pool_ops.max_pool2d_forward(to_device(x, device), kernel, stride, padding)
-    numpy.testing.assert_array_equal(host(y1), y0)
-    numpy.testing.assert_array_equal(host(arg1), arg0)
-    dy = rng.standard_normal(y0.shape)
-    numpy.testing.assert_array_equal(
-        host(pool_ops.max_pool2d_backward(to_device(dy, device), arg1, x.shape, kernel, stride,
-                                          padding)),
-        pool_ops.max_pool2d_backward(dy, arg0, x.shape, kernel, stride, padding))
-    numpy.testing.assert_allclose(
-        host(pool_ops.avg_pool2d_forward(to_device(x, device), kernel, stride, padding)),
-        pool_ops.avg_pool2d_forward(x, kernel, stride, padding), rtol=1e-12)
-    numpy.testing.assert_allclose(
-        host(pool_ops.avg_pool2d_backward(to_device(dy, device), x.shape, kernel, stride, padding)),
-        pool_ops.avg_pool2d_backward(dy, x.shape, kernel, stride, padding), rtol=1e-12)
+    # single ops run on the current device (as CuPy's functions): the test enters it
+    with on_device(device):
+        rng = numpy.random.default_rng(6)
+        x = tie_free((2, 3) + hw, rng)
+        y0, arg0 = pool_ops.max_pool2d_forward(x, kernel, stride, padding)
+        y1, arg1 = pool_ops.max_pool2d_forward(to_device(x, device), kernel, stride, padding)
+        numpy.testing.assert_array_equal(host(y1), y0)
+        numpy.testing.assert_array_equal(host(arg1), arg0)
+        dy = rng.standard_normal(y0.shape)
+        numpy.testing.assert_array_equal(
+            host(pool_ops.max_pool2d_backward(to_device(dy, device), arg1, x.shape, kernel, stride,
+                                              padding)),
+            pool_ops.max_pool2d_backward(dy, arg0, x.shape, kernel, stride, padding))
+        numpy.testing.assert_allclose(
+            host(pool_ops.avg_pool2d_forward(to_device(x, device), kernel, stride, padding)),
+            pool_ops.avg_pool2d_forward(x, kernel, stride, padding), rtol=1e-12)
+        numpy.testing.assert_allclose(
+            host(pool_ops.avg_pool2d_backward(to_device(dy, device), x.shape, kernel, stride, padding)),
+            pool_ops.avg_pool2d_backward(dy, x.shape, kernel, stride, padding), rtol=1e-12)
 
 
 # ---- moving models --------------------------------------------------------------------------
@@ -186,7 +192,7 @@ def test_to_device_and_back_roundtrip(device):
     model = Sequential([Conv2D(2, 3, 3), BatchNorm2d(3), ReLU(), Flatten(), Dense(12, 2)])
     before = {k: host(v).copy() for k, v in model.state_dict().items()}
     model.to(device)
-    assert str(model.device).split(":")[0] == device
+    assert model.device == get_device(device)
     for v in model.state_dict().values():
         assert_on(v, device)
     model.to("cpu")

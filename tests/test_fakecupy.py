@@ -20,8 +20,12 @@ def test_module_exposes_only_names_cupy_and_numpy_share():
     public = {n for n in vars(xp) if not n.startswith("_")}
     assert public, "fake module is empty"
     not_in_cupy = sorted(n for n in public if not hasattr(cupy, n))
-    not_in_numpy = sorted(n for n in public if not hasattr(numpy, n))
+    # cupy.cuda (devices, streams) is the one CuPy-only namespace the fake offers
+    not_in_numpy = sorted(n for n in public if not hasattr(numpy, n) and n != "cuda")
     assert not not_in_cupy, f"fake exposes names CuPy lacks: {not_in_cupy}"
+    cuda_names = {n for n in vars(xp.cuda) if not n.startswith("_")}
+    assert cuda_names <= set(dir(cupy.cuda)), cuda_names - set(dir(cupy.cuda))
+    assert {"getDeviceCount", "getDevice"} <= set(dir(cupy.cuda.runtime))
     assert not not_in_numpy, f"fake exposes names NumPy lacks: {not_in_numpy}"
     for name in ("zeros", "empty", "where", "maximum", "exp", "sqrt", "copyto", "matmul",
                  "tensordot", "ascontiguousarray", "float32", "float64", "random", "linalg"):

@@ -20,6 +20,9 @@ from gpuconv.training.callbacks import (LOG_FIELDS, Callback, EarlyStopping, His
                                         ModelCheckpoint)
 from gpuconv.training.loop import ArrayBatches
 from toy_data import blob_images
+from conftest import device_fixture_with_second_gpu, on_device  # noqa: F401
+
+device = device_fixture_with_second_gpu()
 
 
 def parity_data() -> tuple[numpy.ndarray, numpy.ndarray]:

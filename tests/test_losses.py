@@ -7,7 +7,10 @@ import torch
 import torch.nn.functional as F
 
 import gpuconv.losses as L
-from gpuconv.backend import device_of, to_device, to_numpy
+from gpuconv.backend import device_of, get_device, to_device, to_numpy
+from conftest import device_fixture_with_second_gpu, on_device  # noqa: F401
+
+device = device_fixture_with_second_gpu()
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
 N, K = 7, 5
@@ -26,10 +29,10 @@ def _run(loss, pred, target, device):
     pred_d, target_d = to_device(pred, device), to_device(target, device)
     pred_copy, target_copy = pred.copy(), target.copy()
     value = loss(pred_d, target_d)
-    assert tuple(value.shape) == () and device_of(value).kind == device
+    assert tuple(value.shape) == () and device_of(value) == get_device(device)
     assert value.dtype == pred.dtype
     grad = loss.backward()
-    assert device_of(grad).kind == device
+    assert device_of(grad) == get_device(device)
     assert grad.shape == pred.shape and grad.dtype == pred.dtype
     numpy.testing.assert_array_equal(to_numpy(pred_d), pred_copy)
     numpy.testing.assert_array_equal(to_numpy(target_d), target_copy)
@@ -241,7 +244,7 @@ def _check_reduction(loss, torch_fn, pred, target, device, reduction):
     """gpuconv vs torch for one reduction: value and d(pred) (an upstream gradient for 'none')."""
     pred_d, target_d = to_device(pred, device), to_device(target, device)
     value = loss(pred_d, target_d)
-    assert device_of(value).kind == device and value.dtype == pred.dtype
+    assert device_of(value) == get_device(device) and value.dtype == pred.dtype
     tp = torch.tensor(pred, requires_grad=True)
     ref = torch_fn(tp, torch.tensor(target))
     assert tuple(value.shape) == tuple(ref.shape)
@@ -252,7 +255,7 @@ def _check_reduction(loss, torch_fn, pred, target, device, reduction):
     else:
         ref.backward()
         grad = loss.backward()
-    assert device_of(grad).kind == device and grad.shape == pred.shape
+    assert device_of(grad) == get_device(device) and grad.shape == pred.shape
     _close(value, ref.detach().numpy(), "float64", f"{loss!r} value")
     _close(grad, tp.grad.numpy(), "float64", f"{loss!r} gradient")
     return to_numpy(value), to_numpy(grad)

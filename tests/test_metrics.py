@@ -6,6 +6,9 @@ import pytest
 
 import gpuconv.metrics as M
 from gpuconv.backend import to_device
+from conftest import device_fixture_with_second_gpu, on_device  # noqa: F401
+
+device = device_fixture_with_second_gpu()
 
 Y_TRUE = numpy.array([0, 0, 1, 1, 1, 2, 2, 2, 2, 0])
 Y_PRED = numpy.array([0, 1, 1, 1, 2, 2, 2, 0, 2, 3])   # class 3: predicted once, never true

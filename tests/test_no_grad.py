@@ -9,6 +9,9 @@ from gpuconv.backend import to_device, to_numpy
 from gpuconv.models.presets import build_preset
 from gpuconv.layers import BatchNorm2d, MaxPool2D, is_grad_enabled, no_grad
 from gpuconv.ops.pooling import max_pool2d_forward
+from conftest import device_fixture_with_second_gpu, on_device  # noqa: F401
+
+device = device_fixture_with_second_gpu()
 
 
 def test_no_grad_is_nested_restored_and_thread_local():
@@ -36,8 +39,9 @@ def test_max_pool_without_argmax_gives_the_same_maxima(device, kernel, stride, p
     rng = np.random.default_rng(0)
     x = np.maximum(rng.standard_normal((3, 4, 12, 12)), 0).astype(np.float32)  # ties at 0
     xd = to_device(x, device)
-    y, argmax = max_pool2d_forward(xd, kernel, stride, padding)
-    y_fast, none = max_pool2d_forward(xd, kernel, stride, padding, need_argmax=False)
+    with on_device(device):  # single ops run on the current device, as CuPy's functions
+        y, argmax = max_pool2d_forward(xd, kernel, stride, padding)
+        y_fast, none = max_pool2d_forward(xd, kernel, stride, padding, need_argmax=False)
     assert none is None and argmax is not None
     np.testing.assert_array_equal(to_numpy(y_fast), to_numpy(y))
     assert to_numpy(y_fast).flags.c_contiguous

@@ -11,9 +11,12 @@ import torch
 
 import fakecupy
 import gpuconv.optim as optim
-from gpuconv.backend import device_of, to_device, to_numpy
+from gpuconv.backend import device_of, get_device, to_device, to_numpy
 from gpuconv.layers import BatchNorm2d, Conv2D, Dense, Parameter
 from gpuconv.containers import Sequential
+from conftest import device_fixture_with_second_gpu, on_device  # noqa: F401
+
+device = device_fixture_with_second_gpu()
 
 SHAPES = {"weight": (3, 4), "bias": (3,), "conv.weight": (2, 3, 2, 2)}
 STEPS = 5
@@ -56,7 +59,8 @@ def _ours(host, device):
 
 def _set_grads(params, grads, device):
     for p, g in zip(params, grads.values()):
-        p.grad[...] = to_device(g, device)
+        with on_device(device):
+            p.grad[...] = to_device(g, device)
 
 
 CASES = [
@@ -114,12 +118,12 @@ def test_matches_torch_float64(device, case, monkeypatch):
         with no_host_sync(monkeypatch):
             opt.step()
         for p, ref in zip(params, expected[step]):
-            assert device_of(p.data).kind == device
+            assert device_of(p.data) == get_device(device)
             numpy.testing.assert_allclose(to_numpy(p.data), ref, rtol=1e-6, atol=1e-12,
                                           err_msg=f"{name} step {step + 1}")
     for state in opt.state:
         for buf in state.values():
-            assert device_of(buf).kind == device and buf.dtype == numpy.float64
+            assert device_of(buf) == get_device(device) and buf.dtype == numpy.float64
 
 
 @pytest.mark.parametrize("case", [CASES[2], CASES[7], CASES[9], CASES[14]],
@@ -196,7 +200,8 @@ def test_load_state_dict_rejects_mismatches():
 def test_weight_decay_leaves_grad_untouched_and_accepts_models(device):
     model = Sequential([Dense(4, 3), Dense(3, 2)]).astype("float64").to(device)
     for p in model.parameters():
-        p.grad[...] = 1.0
+        with on_device(device):
+            p.grad[...] = 1.0
     before = [to_numpy(p.grad).copy() for p in model.parameters()]
     opt = optim.SGD(model, lr=0.1, momentum=0.9, weight_decay=0.5)
     assert len(opt.params) == 4
@@ -249,7 +254,7 @@ def _reg_params(device):
 def test_regularizer_gradient_matches_finite_differences(device, reg):
     params = _reg_params(device)
     for p in params:
-        p.grad.fill(0)
+        p.zero_grad()
     reg.apply(params)
     h = 1e-6
     for p in params:
@@ -274,7 +279,7 @@ def test_regularizer_penalty_values(device):
     params = _reg_params(device)
     kernel = to_numpy(params[0].data)
     value = optim.ElasticNet(0.2, 0.5).penalty(params)
-    assert device_of(value).kind == device and tuple(value.shape) == ()
+    assert device_of(value) == get_device(device) and tuple(value.shape) == ()
     expected = 0.2 * numpy.abs(kernel).sum() + 0.25 * (kernel ** 2).sum()
     numpy.testing.assert_allclose(to_numpy(value), expected, rtol=1e-12)
 
@@ -304,7 +309,7 @@ def test_clip_grad_norm_matches_torch(device, max_norm, monkeypatch):
     _set_grads(params, grads, device)
     with no_host_sync(monkeypatch):
         norm = optim.clip_grad_norm(params, max_norm)
-    assert device_of(norm).kind == device and tuple(norm.shape) == ()
+    assert device_of(norm) == get_device(device) and tuple(norm.shape) == ()
     numpy.testing.assert_allclose(to_numpy(norm), ref_norm.numpy(), rtol=1e-12)
     for p, t in zip(params, tparams):
         numpy.testing.assert_allclose(to_numpy(p.grad), t.grad.numpy(), rtol=1e-12)

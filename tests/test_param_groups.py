@@ -16,9 +16,12 @@ import pytest
 import torch
 
 import gpuconv.optim as optim
-from gpuconv.backend import cuda_is_available, cuda_unavailable_reason, device_of, to_device, to_numpy
+from gpuconv.backend import cuda_is_available, cuda_unavailable_reason, device_of, get_device, to_device, to_numpy
 from gpuconv.layers import Parameter
 from test_optim import no_host_sync
+from conftest import device_fixture_with_second_gpu, on_device  # noqa: F401
+
+device = device_fixture_with_second_gpu()
 
 SHAPES = {"weight": (3, 4), "bias": (3,), "conv.weight": (2, 3, 2, 2), "norm.bias": (5,)}
 STEPS = 6
@@ -85,7 +88,8 @@ def _torch_run(name, kwargs, g0, g1, host, grads, lr_at=None, frozen=None):
 
 def _set_grads(params, grads, device):
     for p, g in zip(params, grads.values()):
-        p.grad[...] = to_device(g, device)
+        with on_device(device):
+            p.grad[...] = to_device(g, device)
 
 
 def _assert_equal_torch(params, ref, what):
@@ -119,7 +123,7 @@ def test_two_groups_match_torch_float64(device, case, monkeypatch):
         with no_host_sync(monkeypatch):
             opt.step()
         _assert_equal_torch(params, expected[step], f"{name} step {step + 1}")
-    assert all(device_of(b).kind == device for s in opt.state for b in s.values())
+    assert all(device_of(b) == get_device(device) for s in opt.state for b in s.values())
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -278,7 +282,7 @@ def test_frozen_parameters_skipped_by_regularizers(device):
     full = to_numpy(reg.penalty(params))
     params[0].requires_grad = False
     for p in params:
-        p.grad.fill(0)
+        p.zero_grad()
     reg.apply(params)
     assert not to_numpy(params[0].grad).any()
     assert all(to_numpy(p.grad).any() for p in params[1:])

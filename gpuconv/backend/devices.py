@@ -9,6 +9,7 @@ with :func:`register_backend`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ class Backend:
     """One array library: its module, array type and host transfers.
 
     ``to_host(a)`` returns a numpy.ndarray; ``from_host(a, index)`` puts a
-    numpy array on device ``index`` of this backend.
+    numpy array on device ``index`` of this backend. ``device_context(index)``
+    makes device ``index`` current (new arrays and kernels go there, as with
+    ``cupy.cuda.Device``); ``current_index()`` says which one is.
     """
 
     name: str
@@ -37,6 +40,7 @@ class Backend:
     device_context: Callable[[int], contextlib.AbstractContextManager] = field(
         default=lambda index: contextlib.nullcontext())
     available: Callable[[], bool] = field(default=lambda: True)
+    current_index: Callable[[], int] = field(default=lambda: 0)
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -101,6 +105,7 @@ def _load_cupy() -> ModuleType | None:
         device_index=lambda a: a.device.id,
         device_context=lambda index: cupy.cuda.Device(index),
         available=cuda_available,
+        current_index=lambda: cupy.cuda.runtime.getDevice(),
     ))
     return cupy
 
@@ -253,6 +258,55 @@ def device_of(array: Array) -> Device:
     if backend is None:
         raise TypeError(f"not an array gpuconv knows: {type(array).__name__}")
     return Device(backend.name, backend.device_index(array))
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def device_context_of(*arrays: Any) -> contextlib.AbstractContextManager:
+    """The context that makes the device of the first device array in ``arrays`` current.
+
+    CuPy allocates new arrays and launches kernels on the *current* device,
+    not on their inputs' one; entering this at an API boundary (a layer's
+    forward/backward, an optimizer step, a loss) makes a model on ``cuda:1``
+    work whatever device is current outside. A shared no-op context on the
+    CPU, for non-arrays and for backends without devices.
+    """
+    for a in arrays:
+        backend = _BY_TYPE.get(type(a))
+        if backend is None:
+            if a is None or isinstance(a, (int, float, bool, numpy.ndarray, numpy.generic)):
+                continue
+            backend = _backend_of(a)
+            if backend is None:
+                continue
+        if backend.name != "cpu":  # host arrays among the arguments: look further
+            return backend.device_context(backend.device_index(a))
+    return _NO_CONTEXT
+
+
+def on_array_device(fn: Callable) -> Callable:
+    """Decorator for public functions: run ``fn`` with the device of its first array
+    argument current (see :func:`device_context_of`)."""
+    @functools.wraps(fn)
+    def on_device(*args: Any, **kwargs: Any) -> Any:
+        with device_context_of(*args, *kwargs.values()):
+            return fn(*args, **kwargs)
+    return on_device
+
+
+def same_device(a: Array, b: Array) -> bool:
+    """True when two arrays live on one device (same backend and device index)."""
+    if type(a) is not type(b):
+        return device_of(a) == device_of(b)
+    backend = _BY_TYPE.get(type(a))
+    return backend is None or backend.name == "cpu" or \
+        backend.device_index(a) == backend.device_index(b)
+
+
+def current_device_index(xp: ModuleType) -> int:
+    """The index of the current device of array module ``xp`` (0 on the CPU)."""
+    return backend_of_module(xp).current_index()
 
 
 def backend_of_module(xp: ModuleType) -> Backend:

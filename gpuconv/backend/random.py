@@ -25,7 +25,7 @@ from .devices import backend_of_module
 
 _DEFAULT_SEED = 0
 _seed: int = _DEFAULT_SEED
-_generators: dict[str, Any] = {}
+_generators: dict[tuple[str, int], Any] = {}  # (backend, device index) -> generator
 _host_generator = numpy.random.default_rng(_DEFAULT_SEED)
 _device_epoch: int | None = None  # epoch the non-CPU generators were last reseeded for
 _CPU = "cpu"
@@ -57,17 +57,20 @@ def epoch_seed(seed_value: int, epoch: int) -> int:
 
 
 def generator(xp: ModuleType) -> Any:
-    """The seeded ``Generator`` of array module ``xp`` (numpy or cupy).
+    """The seeded ``Generator`` of array module ``xp`` (numpy or cupy) on its current device.
 
-    Created on first use from the global seed or, for a non-CPU module after
-    :func:`reseed_for_epoch`, from :func:`epoch_seed` of that epoch.
+    One per device: a CuPy generator keeps its state on the GPU that was current
+    when it was made and cannot draw on another. Created on first use from the
+    global seed or, for a non-CPU module after :func:`reseed_for_epoch`, from
+    :func:`epoch_seed` of that epoch (the same numbers on every device).
     """
-    name = backend_of_module(xp).name
-    gen = _generators.get(name)
+    backend = backend_of_module(xp)
+    key = (backend.name, backend.current_index())
+    gen = _generators.get(key)
     if gen is None:
-        use_epoch = name != _CPU and _device_epoch is not None
+        use_epoch = backend.name != _CPU and _device_epoch is not None
         gen = xp.random.default_rng(epoch_seed(_seed, _device_epoch) if use_epoch else _seed)
-        _generators[name] = gen
+        _generators[key] = gen
     return gen
 
 
@@ -85,8 +88,8 @@ def reseed_for_epoch(epoch: int) -> None:
     if isinstance(epoch, bool) or not isinstance(epoch, (int, numpy.integer)) or epoch < 0:
         raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
     _device_epoch = int(epoch)
-    for name in [n for n in _generators if n != _CPU]:
-        del _generators[name]
+    for key in [k for k in _generators if k[0] != _CPU]:
+        del _generators[key]
 
 
 def host_generator() -> numpy.random.Generator:
@@ -101,7 +104,7 @@ def get_state() -> dict:
     be serialised); see :func:`reseed_for_epoch`.
     """
     state = {"seed": _seed, "host": _host_generator.bit_generator.state}
-    for name, gen in _generators.items():
+    for (name, _), gen in _generators.items():
         bit_gen = getattr(gen, "bit_generator", None)
         if name == _CPU and bit_gen is not None:
             state["cpu"] = bit_gen.state
@@ -122,7 +125,7 @@ def set_state(state: dict) -> None:
     if _CPU in state:
         gen = numpy.random.default_rng(_seed)
         gen.bit_generator.state = state[_CPU]
-        _generators[_CPU] = gen
+        _generators[(_CPU, 0)] = gen
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> numpy.ndarray:

@@ -8,6 +8,7 @@ are skipped.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,7 +30,8 @@ def collect_logits(model: Any, loader: Iterable, tta: int = 0
     ``(logits (N, K) float64, labels (N,) int64)``. ``tta``: the test-time
     augmentation level (:mod:`gpuconv.training.tta`; 0 = none, 2 = 6 views)."""
     outputs, labels = [], []
-    with evaluating(model):
+    device = model.device  # current during the pass: a model on cuda:1 computes there
+    with evaluating(model), device.context() if device is not None else nullcontext():
         for x, y in loader:
             outputs.append(tta_forward(model.forward, x, tta) if tta else model.forward(x))
             labels.append(y)

@@ -22,7 +22,7 @@ import math
 from types import ModuleType
 from typing import Any, Sequence
 
-from ..backend import device_of, generator, get_array_module
+from ..backend import device_of, generator, get_array_module, on_array_device
 
 __all__ = [
     "Augmentation", "Compose", "RandomCrop", "RandomHorizontalFlip", "Cutout", "ColorJitter",
@@ -89,6 +89,9 @@ class Augmentation:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
+        call = cls.__dict__.get("__call__")
+        if call is not None:  # run on the batch's device (CuPy allocates on the current one)
+            cls.__call__ = on_array_device(call)
 
     def __call__(self, x: Array) -> Array:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -190,6 +193,7 @@ class RandomCrop(Augmentation):
 PAD_MODES = ("reflect", "constant", "edge")
 
 
+@on_array_device
 def pad_images(x: Array, pad: int, mode: str = "reflect", fill: float = 0.0) -> Array:
     """``x`` (N, C, H, W) padded by ``pad`` pixels on each side of H and W:
     ``"reflect"`` mirrors without repeating the edge (PyTorch's ``F.pad(...,
@@ -207,6 +211,7 @@ def pad_images(x: Array, pad: int, mode: str = "reflect", fill: float = 0.0) -> 
     return xp.ascontiguousarray(xp.pad(x, widths, mode=mode))
 
 
+@on_array_device
 def crop_and_flip(padded: Array, rows: Array, top: Array, left: Array, flip: Array,
                   size: tuple[int, int]) -> Array:
     """One gather: image ``rows[i]`` of ``padded`` (N, C, Hp, Wp), cropped to ``size``
@@ -323,6 +328,7 @@ class Cutout(Augmentation):
 
 # -- colour -------------------------------------------------------------------
 
+@on_array_device
 def rgb_to_grayscale(x: Array) -> Array:
     """Luma ``0.2989 R + 0.587 G + 0.114 B`` (torchvision's weights) of a float
     ``(N, 3, H, W)`` batch, as ``(N, 1, H, W)``; a 1-channel batch is returned as is."""
@@ -347,6 +353,7 @@ def _blend(xp: ModuleType, x: Array, other: Any, factor: Any) -> Array:
     return xp.clip(out, 0.0, 1.0, out=out)
 
 
+@on_array_device
 def adjust_brightness(x: Array, factor: Any) -> Array:
     """``clip(x * factor, 0, 1)``; ``factor`` a float or an ``(N,)`` array (one per image)."""
     xp = _check(x, "adjust_brightness")
@@ -354,6 +361,7 @@ def adjust_brightness(x: Array, factor: Any) -> Array:
     return xp.clip(out, 0.0, 1.0, out=out)
 
 
+@on_array_device
 def adjust_contrast(x: Array, factor: Any) -> Array:
     """Blend each image with the mean of its grayscale version (torchvision semantics)."""
     xp = _check(x, "adjust_contrast")
@@ -361,6 +369,7 @@ def adjust_contrast(x: Array, factor: Any) -> Array:
     return _blend(xp, x, mean, _factor(xp, factor, x.dtype))
 
 
+@on_array_device
 def adjust_saturation(x: Array, factor: Any) -> Array:
     """Blend each image with its grayscale version (torchvision semantics)."""
     xp = _check(x, "adjust_saturation")

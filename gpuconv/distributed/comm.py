@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy
 
-from ..backend import Array, Device, get_array_module, get_device
+from ..backend import Array, Device, device_context_of, get_array_module, get_device
 
 __all__ = ["Communicator", "SingleProcess", "MPICommunicator"]
 
@@ -58,7 +58,8 @@ class Communicator:
         out = self.allreduce_sum(arrays)
         if self.size > 1:
             for a in out:  # float arrays; an integer sum has no in-place mean
-                a *= 1.0 / self.size
+                with device_context_of(a):
+                    a *= 1.0 / self.size
         return out
 
     def broadcast(self, arrays: Sequence[Array], root: int = 0) -> list[Array]:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy
 
-from ..backend import device_of, get_array_module
+from ..backend import device_context_of, device_of, get_array_module
 from ..layers.base import Parameter
 from .comm import Communicator
 
@@ -39,7 +39,8 @@ class _Bucket:
         self.params = params
         self.sizes = [int(p.grad.size) for p in params]
         total = sum(self.sizes)
-        self.flat = xp.empty(total + 1, dtype=params[0].grad.dtype)  # + the sample count
+        with device_context_of(params[0].grad):  # on the parameters' GPU, not the current one
+            self.flat = xp.empty(total + 1, dtype=params[0].grad.dtype)  # + the sample count
         self.grads = self.flat[:total]
         self.views = []
         offset = 0
@@ -77,17 +78,19 @@ class GradientReducer:
         ``average=False``); ``samples``: this rank's batch size (0 for an empty
         shard: it contributes nothing)."""
         for b in self.buckets:
-            xp = get_array_module(b.flat)
-            if not self.average:  # a summed loss: the gradients add up as they are
-                for p, view in zip(b.params, b.views):
-                    if samples:
-                        view[...] = p.grad
-                    else:  # an empty shard contributes nothing
-                        view[...] = 0
-                self.comm.allreduce_sum([b.grads])
-                for p, view in zip(b.params, b.views):
-                    p.grad[...] = view
-                continue
+            with device_context_of(b.flat):
+                self._reduce(b, samples)
+
+    def _reduce(self, b: _Bucket, samples: int) -> None:
+        xp = get_array_module(b.flat)
+        if not self.average:  # a summed loss: the gradients add up as they are
+            for p, view in zip(b.params, b.views):
+                if samples:
+                    view[...] = p.grad
+                else:  # an empty shard contributes nothing
+                    view[...] = 0
+            self.comm.allreduce_sum([b.grads])
+        else:
             weight = float(samples)
             for p, view in zip(b.params, b.views):
                 xp.multiply(p.grad, weight, out=view)
@@ -95,5 +98,5 @@ class GradientReducer:
             self.comm.allreduce_sum([b.flat])
             # divided on the device by the summed count: no host read of it
             b.grads /= b.flat[-1:]
-            for p, view in zip(b.params, b.views):
-                p.grad[...] = view
+        for p, view in zip(b.params, b.views):
+            p.grad[...] = view

@@ -5,17 +5,24 @@ needs; ``backward(dy)`` returns ``dx`` and *adds* into each parameter's
 ``.grad``. The array module ``xp`` always comes from the layer's parameters
 or inputs (``gpuconv.backend.get_array_module``), never from a global, so a
 CPU model and a GPU model can live in one process.
+
+Every layer's ``forward``/``backward``/``backward_params`` runs with its
+input's device current (:func:`gpuconv.backend.device_context_of`, entered
+once per call by the base class): CuPy creates arrays and launches kernels on
+the current device, so without it a model on ``cuda:1`` would compute on GPU 0.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from types import ModuleType
 from typing import Any, Iterator
 
 import numpy
 
-from ..backend import Array, Device, device_of, get_array_module, get_device, to_device
+from ..backend import (Array, Device, device_context_of, device_of, get_array_module, get_device,
+                       same_device, to_device)
 
 
 _grad_mode = threading.local()
@@ -60,7 +67,8 @@ class Parameter:
 
     def __init__(self, data: Array, name: str = "", requires_grad: bool = True) -> None:
         self.data = data
-        self.grad = get_array_module(data).zeros_like(data)
+        with device_context_of(data):
+            self.grad = get_array_module(data).zeros_like(data)
         self.name = name
         self.requires_grad = bool(requires_grad)
 
@@ -69,7 +77,8 @@ class Parameter:
         return tuple(self.data.shape)
 
     def zero_grad(self) -> None:
-        self.grad.fill(0)
+        with device_context_of(self.grad):
+            self.grad.fill(0)
 
     def to(self, device: "str | Device") -> "Parameter":
         self.data = to_device(self.data, device)
@@ -77,8 +86,9 @@ class Parameter:
         return self
 
     def astype(self, dtype: Any) -> "Parameter":
-        self.data = self.data.astype(dtype)
-        self.grad = self.grad.astype(dtype)
+        with device_context_of(self.data):
+            self.data = self.data.astype(dtype)
+            self.grad = self.grad.astype(dtype)
         return self
 
     def __repr__(self) -> str:
@@ -91,7 +101,24 @@ def describe(array: Any) -> str:
     """Short description of an array for error messages."""
     shape = getattr(array, "shape", None)
     dtype = getattr(array, "dtype", None)
-    return f"{type(array).__module__}.{type(array).__name__} shape={shape} dtype={dtype}"
+    try:
+        where = f" on {device_of(array)}"
+    except TypeError:
+        where = ""
+    return f"{type(array).__module__}.{type(array).__name__}{where} shape={shape} dtype={dtype}"
+
+
+def _on_argument_device(method):
+    """Wrap a forward/backward so it runs with its array argument's device current."""
+    @functools.wraps(method)
+    def on_device(self, x, *args, **kwargs):
+        with device_context_of(x):
+            return method(self, x, *args, **kwargs)
+    on_device.__wrapped_on_device__ = True
+    return on_device
+
+
+_DEVICE_BOUNDARY = ("forward", "backward", "backward_params")
 
 
 class Layer:
@@ -108,6 +135,13 @@ class Layer:
 
     _buffer_names: tuple[str, ...] = ()
     _compute_dtype: numpy.dtype | None = None  # mixed-precision policy (set_compute_dtype)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _DEVICE_BOUNDARY:
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "__wrapped_on_device__", False):
+                setattr(cls, name, _on_argument_device(method))
 
     def __init__(self) -> None:
         self.training = True
@@ -220,12 +254,15 @@ class Layer:
         return self.train(False)
 
     def _map_arrays(self, fn) -> None:
+        def on_its_device(a: Array) -> Array:
+            with device_context_of(a):
+                return fn(a)
         for attr, value in vars(self).items():
             if isinstance(value, Parameter):
-                value.data = fn(value.data)
-                value.grad = fn(value.grad)
+                value.data = on_its_device(value.data)
+                value.grad = on_its_device(value.grad)
         for attr in self._buffer_names:
-            setattr(self, attr, fn(getattr(self, attr)))
+            setattr(self, attr, on_its_device(getattr(self, attr)))
         self.clear_cache()
         for child in self.children():
             child._map_arrays(fn)
@@ -325,7 +362,9 @@ class Layer:
             if tuple(value.shape) != tuple(current.shape):
                 raise ValueError(f"{self.name}.load_state_dict: {key!r} expects shape "
                                  f"{tuple(current.shape)}, got {tuple(value.shape)}")
-            current[...] = to_device(value, device_of(current)).astype(current.dtype, copy=False)
+            with device_context_of(current):
+                current[...] = to_device(value, device_of(current)).astype(current.dtype,
+                                                                           copy=False)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -354,6 +393,8 @@ class Layer:
             try:
                 xp = get_array_module(x, p)
             except TypeError:
+                xp = None
+            if xp is None or not same_device(x, p):
                 raise TypeError(f"{self!r}: input is {describe(x)} but the parameters are "
                                 f"{describe(p)}; move the input or the layer with .to(device)") from None
             if x.dtype != p.dtype and (self._compute_dtype is None

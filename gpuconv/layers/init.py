@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy
 
-from ..backend import Array, generator, get_array_module
+from ..backend import Array, generator, get_array_module, on_array_device
 from ..ops.im2col import im2col
 
 __all__ = ["Initializer", "Constant", "Uniform", "Normal", "XavierUniform", "XavierNormal",
@@ -192,6 +192,7 @@ def to_config(init: Initializer) -> dict:
 _PATCHES_PER_CHUNK = 1 << 22  # float64 column elements per chunk of images (32 MiB)
 
 
+@on_array_device
 def patch_whitening(images: Array, patch_size: int = 2, eps: float = 5e-4,
                     max_images: int = 5000, seed: int | None = 0) -> Array:
     """A whitening conv weight (2*D, C, p, p), D = C*p*p, computed from ``images``.

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy
 
+from ..backend import backend_of_module, device_context_of
+
 # One thread per element. Scalars arrive as T or long long; bias corrections
 # are computed on the host (Python floats), so the kernel never syncs.
 ADAM_SOURCE = r"""
@@ -165,15 +167,43 @@ def render(name: str, dtype: Any) -> tuple[str, str]:
 _compiled: dict[tuple[str, str], Any] = {}
 
 
-def get_kernel(xp: ModuleType, name: str, dtype: Any) -> Any:
-    """The compiled ``RawKernel`` for ``name`` and ``dtype``, cached per device.
+def get_kernel(xp: ModuleType, name: str, dtype: Any, device_id: "int | None" = None) -> Any:
+    """The compiled ``RawKernel`` for ``name`` and ``dtype``, cached per device
+    (``device_id``; default the current one).
 
     ``xp`` must be the cupy module (taken from the arrays, never imported here).
     """
     source, kernel_name = render(name, dtype)
-    key = (kernel_name, int(xp.cuda.Device().id))
+    key = (kernel_name, int(xp.cuda.Device().id if device_id is None else device_id))
     kernel = _compiled.get(key)
     if kernel is None:
         kernel = xp.RawKernel(source, kernel_name)
         _compiled[key] = kernel
     return kernel
+
+
+THREADS = 256
+MAX_BLOCKS = 4096
+
+
+def use_kernel(xp: ModuleType, *arrays: Any) -> bool:
+    """True where a raw kernel can take ``arrays``: CuPy, C-contiguous, one float32/64 dtype.
+
+    Anything else (float16 under mixed precision, the fake CuPy) runs the xp path.
+    """
+    return (backend_of_module(xp).name == "cuda" and all(a.flags.c_contiguous for a in arrays)
+            and len({a.dtype for a in arrays}) == 1
+            and arrays[0].dtype.name in ("float32", "float64"))
+
+
+def launch(xp: ModuleType, name: str, dtype: Any, n: int, args: tuple) -> None:
+    """Run raw kernel ``name`` over ``n`` elements (grid-stride loop inside the kernel)
+    on the device of the first array in ``args``.
+
+    That device is made current here: CuPy launches on the current device without
+    checking the arguments, and a kernel handed another GPU's pointers faults.
+    """
+    first = next(a for a in args if isinstance(a, xp.ndarray))
+    blocks = max(1, min(MAX_BLOCKS, (n + THREADS - 1) // THREADS))
+    with device_context_of(first):
+        get_kernel(xp, name, dtype, first.device.id)((blocks,), (THREADS,), args)

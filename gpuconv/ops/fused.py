@@ -10,25 +10,9 @@ from __future__ import annotations
 
 import math
 
-from ..backend import Array, backend_of_module, get_array_module
-from .cuda_source import get_kernel
-
-_THREADS = 256
-_MAX_BLOCKS = 4096
-
-
-def _use_cuda_kernel(xp, *arrays: Array) -> bool:
-    # the raw kernels exist for float32/float64 and take every array in one dtype; anything
-    # else (float16 under mixed precision) runs the xp reference path
-    return (backend_of_module(xp).name == "cuda" and all(a.flags.c_contiguous for a in arrays)
-            and len({a.dtype for a in arrays}) == 1
-            and arrays[0].dtype.name in ("float32", "float64"))
-
-
-def _launch(xp, name: str, dtype, n: int, args: tuple) -> None:
-    """Run raw kernel ``name`` over ``n`` elements (grid-stride loop inside the kernel)."""
-    blocks = max(1, min(_MAX_BLOCKS, (n + _THREADS - 1) // _THREADS))
-    get_kernel(xp, name, dtype)((blocks,), (_THREADS,), args)
+from ..backend import Array, get_array_module
+from .cuda_source import launch as _launch
+from .cuda_source import use_kernel as _use_cuda_kernel
 
 
 def channel_rows(x: Array, values: Array) -> tuple[Array, Array]:

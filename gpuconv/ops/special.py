@@ -55,7 +55,8 @@ from ..backend import Array, backend_of_module, device_of, get_array_module
 from . import _erf_tables as tables
 from ..backend.threads import num_threads, parallel, parallel_ok
 from .chunks import chunks_batches
-from .cuda_source import get_kernel
+from .cuda_source import launch as _launch
+from .cuda_source import use_kernel as _use_kernel
 
 CHUNK = 1 << 15  # elements per NumPy chunk: a few temporaries fit in L2
 # per chunk when the chunks go to several worker threads: each of the ~37 NumPy calls of a
@@ -74,8 +75,6 @@ GELU32_CLAMP = numpy.float32(20.0)
 _F32 = numpy.float32
 _GELU32_POLY = tuple(_F32(c) for c in tables.GELU32_POLY)
 
-_THREADS = 256
-_MAX_BLOCKS = 4096
 _KERNEL_OPS = {"erf": 0, "erfc": 1, "ndtr": 2}
 
 _device_tables: dict = {}
@@ -101,17 +100,6 @@ def _tables(xp, x: Array, dtype: numpy.dtype):
         found = (centres, rows, small)
         _device_tables[key] = found
     return found
-
-
-def _use_kernel(xp, *arrays: Array) -> bool:
-    return (backend_of_module(xp).name == "cuda" and all(a.flags.c_contiguous for a in arrays)
-            and len({a.dtype for a in arrays}) == 1
-            and arrays[0].dtype.name in ("float32", "float64"))
-
-
-def _launch(xp, name: str, dtype, n: int, args: tuple) -> None:
-    blocks = max(1, min(_MAX_BLOCKS, (n + _THREADS - 1) // _THREADS))
-    get_kernel(xp, name, dtype)((blocks,), (_THREADS,), args)
 
 
 def _chunked(xp, fn: Callable, *inputs: Array) -> Array:

@@ -59,7 +59,8 @@ from typing import Any
 
 import numpy
 
-from ..backend import Array, device_of, get_array_module, to_device, to_numpy
+from ..backend import (Array, device_context_of, device_of, get_array_module, same_device,
+                       to_device, to_numpy)
 from ..layers.base import Parameter
 from .params import as_parameter_list, is_trainable
 from .regularizers import Regularizer
@@ -181,7 +182,7 @@ class Optimizer:
     def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to zero (in place)."""
         for p in self.params:
-            p.grad.fill(0)
+            p.zero_grad()
 
     def step(self) -> None:
         """Update every trainable parameter from its ``.grad``; no host/device sync."""
@@ -193,10 +194,11 @@ class Optimizer:
                 continue
             group = self.param_groups[self._group_of[i]]
             needed = self._needed_buffers(group)
-            if self._state_stale(self.state[i], p, needed):
-                self._init_state(i, p, needed)
-            self._steps[i] += 1
-            self._update(p, self.state[i], i, group)
+            with device_context_of(p.data):  # state, scratch and kernels on p's device
+                if self._state_stale(self.state[i], p, needed):
+                    self._init_state(i, p, needed)
+                self._steps[i] += 1
+                self._update(p, self.state[i], i, group)
             self._fresh[i].clear()
 
     def config(self) -> dict:
@@ -351,10 +353,11 @@ class Optimizer:
 
     def _state_stale(self, state: dict[str, Array], p: Parameter,
                      needed: tuple[str, ...]) -> bool:
-        """True when state buffers no longer match the parameter (moved, cast, missing)."""
+        """True when state buffers no longer match the parameter (moved to another device or
+        GPU, cast, missing)."""
         for name in needed:
             buf = state.get(name)
-            if buf is None or buf.dtype != p.data.dtype or type(buf) is not type(p.data):
+            if buf is None or buf.dtype != p.data.dtype or not same_device(buf, p.data):
                 return True
         return False
 
@@ -368,7 +371,7 @@ class Optimizer:
             if buf is None:
                 state[name] = xp.zeros_like(p.data)
                 self._fresh[index].add(name)
-            elif buf.dtype != p.data.dtype or type(buf) is not type(p.data):
+            elif buf.dtype != p.data.dtype or not same_device(buf, p.data):
                 state[name] = to_device(buf, device).astype(p.data.dtype, copy=False)
         self._work[index] = {}
 
@@ -384,7 +387,7 @@ class Optimizer:
     def _scratch(self, p: Parameter, index: int, slot: int = 0) -> Array:
         """A reusable uninitialised buffer like ``p.data`` (not part of the saved state)."""
         work = self._work[index].get(slot)
-        if work is None or work.dtype != p.data.dtype or type(work) is not type(p.data) \
+        if work is None or work.dtype != p.data.dtype or not same_device(work, p.data) \
                 or work.shape != p.data.shape:
             work = get_array_module(p.data).empty_like(p.data)
             self._work[index][slot] = work

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..backend import Array, get_array_module
+from ..backend import Array, device_context_of, get_array_module
 from .params import trainable
 
 __all__ = ["clip_grad_norm", "grad_norm"]
@@ -20,11 +20,12 @@ def grad_norm(params: Any) -> Array:
     if not plist:
         return get_array_module().zeros((), dtype="float64")
     xp = get_array_module(*(p.grad for p in plist))
-    total = xp.zeros((), dtype=plist[0].grad.dtype)
-    for p in plist:
-        flat = p.grad.reshape(-1)
-        total += xp.dot(flat, flat)
-    xp.sqrt(total, out=total)
+    with device_context_of(plist[0].grad):
+        total = xp.zeros((), dtype=plist[0].grad.dtype)
+        for p in plist:
+            flat = p.grad.reshape(-1)
+            total += xp.dot(flat, flat)
+        xp.sqrt(total, out=total)
     return total
 
 
@@ -44,10 +45,11 @@ def clip_grad_norm(params: Any, max_norm: float) -> Array:
     if not plist:
         return norm
     xp = get_array_module(norm)
-    factor = norm.copy()
-    factor += 1e-6
-    xp.divide(float(max_norm), factor, out=factor)
-    xp.minimum(factor, 1.0, out=factor)
-    for p in plist:
-        p.grad *= factor.astype(p.grad.dtype, copy=False)
+    with device_context_of(norm):
+        factor = norm.copy()
+        factor += 1e-6
+        xp.divide(float(max_norm), factor, out=factor)
+        xp.minimum(factor, 1.0, out=factor)
+        for p in plist:
+            p.grad *= factor.astype(p.grad.dtype, copy=False)
     return norm

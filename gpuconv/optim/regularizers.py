@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Union
 
-from ..backend import Array, get_array_module
+from ..backend import Array, device_context_of, get_array_module
 from ..layers.base import Parameter
 from .params import is_trainable
 
@@ -80,23 +80,25 @@ class Regularizer:
             return get_array_module().zeros((), dtype="float64")
         xp = get_array_module(*(p.data for p in chosen))
         dtype = chosen[0].data.dtype
-        total = xp.zeros((), dtype=dtype)
-        for p in chosen:
-            flat = p.data.reshape(-1)
-            if self.l1:
-                total += self.l1 * xp.abs(flat).sum()
-            if self.l2:
-                total += (0.5 * self.l2) * xp.dot(flat, flat)
+        with device_context_of(chosen[0].data):
+            total = xp.zeros((), dtype=dtype)
+            for p in chosen:
+                flat = p.data.reshape(-1)
+                if self.l1:
+                    total += self.l1 * xp.abs(flat).sum()
+                if self.l2:
+                    total += (0.5 * self.l2) * xp.dot(flat, flat)
         return total
 
     def apply(self, params: Any) -> None:
         """Add the penalty's gradient into ``p.grad`` of each selected parameter (in place)."""
         for p in self.selected(params):
             xp = get_array_module(p.data, p.grad)
-            if self.l1:
-                p.grad += self.l1 * xp.sign(p.data)
-            if self.l2:
-                p.grad += self.l2 * p.data
+            with device_context_of(p.data):
+                if self.l1:
+                    p.grad += self.l1 * xp.sign(p.data)
+                if self.l2:
+                    p.grad += self.l2 * p.data
 
 
 class L1(Regularizer):

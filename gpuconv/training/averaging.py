@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from ..backend import Array, device_of, get_array_module, to_device, to_numpy
+from ..backend import Array, device_context_of, device_of, get_array_module, to_device, to_numpy
 from .callbacks import Callback
 
 __all__ = ["EMA", "Lookahead", "airbench_decay"]
@@ -80,11 +80,12 @@ class EMA(Callback):
         self._average = {}
         for name, array, _ in self._targets():
             xp = get_array_module(array)
-            if restored is not None and name in restored:
-                self._average[name] = to_device(restored[name], device_of(array)).astype(
-                    array.dtype)
-            else:
-                self._average[name] = xp.array(array, copy=True)
+            with device_context_of(array):
+                if restored is not None and name in restored:
+                    self._average[name] = to_device(restored[name], device_of(array)).astype(
+                        array.dtype)
+                else:
+                    self._average[name] = xp.array(array, copy=True)
 
     def on_batch_end(self, step: int, logs: dict | None = None) -> None:
         self.step += 1
@@ -98,13 +99,15 @@ class EMA(Callback):
         weight = 1.0 - decay
         for name, array, owner in self._targets():
             average = self._average[name]
-            average += (array - average) * weight
+            with device_context_of(array):
+                average += (array - average) * weight
             if self.write_back:
                 self._write(array, owner, average)
 
     @staticmethod
     def _write(array: Array, owner: Any, value: Array) -> None:
-        array[...] = value  # in place: layers and optimizers keep their references
+        with device_context_of(array):
+            array[...] = value  # in place: layers and optimizers keep their references
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._average is None:

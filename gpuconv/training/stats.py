@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy
 
-from ..backend import Array, get_array_module, to_numpy
+from ..backend import Array, device_context_of, get_array_module, on_array_device, to_numpy
 
 __all__ = ["EpochStats", "correct_count"]
 
 
+@on_array_device
 def correct_count(pred: Array, y: Array) -> Array | None:
     """Number of correct predictions as a 0-d device integer array, or None.
 
@@ -92,6 +93,10 @@ class EpochStats:
         """Read pending values to the host (one stacked transfer each); update totals."""
         if not self._sizes:
             return
+        with device_context_of(*self._losses, *self._correct):
+            self._sync()
+
+    def _sync(self) -> None:
         sizes = numpy.asarray(self._sizes, dtype=numpy.float64)
         if self._has_loss and self._losses:
             xp = get_array_module(*self._losses)

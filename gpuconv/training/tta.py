@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..backend import Array, get_array_module
+from ..backend import Array, get_array_module, on_array_device
 
 __all__ = ["TTA_LEVELS", "tta_views", "tta_forward"]
 
@@ -37,6 +37,7 @@ def _shifts(x: Array) -> tuple[Array, Array]:
     return padded[:, :, 0:h, 0:w], padded[:, :, 2:h + 2, 2:w + 2]
 
 
+@on_array_device
 def tta_views(x: Array, level: int) -> list[tuple[float, Array]]:
     """``[(weight, view), ...]`` for ``x`` (N, C, H, W): the weighted views whose
     weighted sum of model outputs :func:`tta_forward` returns (weights sum to 1)."""
@@ -56,6 +57,7 @@ def check_level(level: Any) -> int:
     return int(level)
 
 
+@on_array_device
 def tta_forward(forward: Callable[[Array], Array], x: Array, level: int) -> Array:
     """The weighted mean of ``forward(view)`` over :func:`tta_views` of ``x``; each view
     is made contiguous before the forward pass (convolutions want it)."""
