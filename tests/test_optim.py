@@ -348,9 +348,13 @@ def test_adam_with_the_fused_kernel_allocates_no_scratch(case, monkeypatch):
     monkeypatch.setattr(fused, "_use_cuda_kernel", lambda xp, *arrays: True)
     monkeypatch.setattr(fused, "_launch", lambda *a: launches.append(a[1]) or
                         _adam_kernel_stand_in(*a))
+
+    def counted(fn):
+        real = getattr(fakecupy.xp, fn)
+        return lambda *a, **k: allocations.append(fn) or real(*a, **k)
+
     for fn in ("empty", "empty_like"):  # what the scratch buffers would be made with
-        monkeypatch.setattr(fakecupy.xp, fn, lambda *a, _real=getattr(fakecupy.xp, fn), _fn=fn,
-                            **k: allocations.append(_fn) or _real(*a, **k))
+        monkeypatch.setattr(fakecupy.xp, fn, counted(fn))
     params = _ours(host, fakecupy.DEVICE)
     opt = getattr(optim, name)(params, **ours_kw)
     for g in grads:

@@ -1,10 +1,10 @@
 """channel_sum / channel_dot: per-channel sums over batch and spatial axes, on CPU and the strict
 fake CuPy."""
+import fakecupy
 import numpy as np
 import pytest
 
 from gpuconv.backend import to_device, to_numpy
-import fakecupy
 from gpuconv.layers import BatchNorm1d, BatchNorm2d, SyncBatchNorm2d
 from gpuconv.ops.reduce import channel_dot, channel_sum
 

@@ -2,10 +2,10 @@
 the CPU they keep nothing, so scratch does not add up over the layers."""
 import types
 
+import fakecupy
 import numpy as np
 import pytest
 
-import fakecupy
 import gpuconv
 from gpuconv.backend import get_array_module, to_device, to_numpy
 from gpuconv.layers import Conv2D

@@ -169,8 +169,7 @@ class UsedBytes:
     def malloc_postprocess(self, **kwargs: Any) -> None:
         if kwargs.get("mem_ptr") and self._counts(kwargs):
             self.current += int(kwargs["mem_size"])
-            if self.current > self.peak:
-                self.peak = self.current
+            self.peak = max(self.peak, self.current)
 
     def free_postprocess(self, **kwargs: Any) -> None:
         if self._counts(kwargs):

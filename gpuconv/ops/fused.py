@@ -9,7 +9,7 @@ in-place operations so no per-step temporaries beyond two are allocated.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from ..backend import Array, backend_of_module, get_array_module
 from .cuda_source import get_kernel
