@@ -26,8 +26,9 @@ from gpuconv.bench.peak import measure_sgemm_peak
 from gpuconv.bench.reference import load_reference
 from gpuconv.bench.report import COLUMNS, format_table, table_rows, write_png
 from gpuconv.bench.stats import Stats, conv2d_flops, conv2d_output_size, gflops_per_s, summarize
-from gpuconv.bench.timing import (CpuTimer, CupyPoolProbe, EventTimer, NullProbe,
-                                  TracemallocProbe, cupy_event_timer)
+from gpuconv.bench.timing import (CpuTimer, CupyUsedBytesProbe, EventTimer, NullProbe,
+                                  TracemallocProbe, UsedBytes, cupy_event_timer,
+                                  used_bytes_hook)
 from gpuconv.bench.workloads import (Workload, all_workloads, conv_workloads, make_inputs,
                                      select)
 from gpuconv.backend import cuda_is_available, to_numpy
@@ -168,29 +169,29 @@ def test_event_timer_records_around_the_call_and_syncs():
     assert timer.kind == "cuda_events"
 
 
-def _fake_cupy(cuda: _FakeCuda, pool_sizes: list[int]) -> types.SimpleNamespace:
-    sizes = iter(pool_sizes)
+def _fake_cupy(cuda: _FakeCuda) -> types.SimpleNamespace:
+    """The parts of CuPy the timers and probes use: events, the device, memory hooks (entering
+    one registers it in ``hooks``, where a test plays the memory pool's calls)."""
+    hooks: list = []
 
-    class Pool:
-        freed = 0
+    class MemoryHook:
+        def __enter__(self):
+            hooks.append(self)
+            return self
 
-        def free_all_blocks(self) -> None:
-            Pool.freed += 1
+        def __exit__(self, *exc):
+            hooks.remove(self)
 
-        def total_bytes(self) -> int:
-            return next(sizes)
-
-    pool = Pool()
-    device = types.SimpleNamespace(synchronize=cuda.device_synchronize)
+    device = types.SimpleNamespace(synchronize=cuda.device_synchronize, id=0)
     return types.SimpleNamespace(
         cuda=types.SimpleNamespace(Event=cuda.make_event, get_elapsed_time=cuda.elapsed,
-                                   Device=lambda: device),
-        get_default_memory_pool=lambda: pool, pool=pool)
+                                   Device=lambda: device, MemoryHook=MemoryHook),
+        hooks=hooks)
 
 
 def test_cupy_event_timer_with_a_fake_cupy():
     cuda = _FakeCuda()
-    timer = cupy_event_timer(_fake_cupy(cuda, []))
+    timer = cupy_event_timer(_fake_cupy(cuda))
 
     def kernel() -> None:
         cuda.clock_ms += 3.0
@@ -199,14 +200,76 @@ def test_cupy_event_timer_with_a_fake_cupy():
     assert cuda.log[0] == "device.synchronize" and "event.synchronize" in cuda.log
 
 
-def test_cupy_pool_probe_reports_pool_growth():
-    cuda = _FakeCuda()
-    cupy = _fake_cupy(cuda, [1000, 5000])
-    probe = CupyPoolProbe(cupy)
+def _malloc(hook, mem_size, device_id=0, mem_ptr=1):
+    hook.malloc_postprocess(device_id=device_id, size=mem_size - 7, mem_size=mem_size,
+                            mem_ptr=mem_ptr, pmem_id=mem_ptr)
+
+
+def _free(hook, mem_size, device_id=0):
+    hook.free_postprocess(device_id=device_id, mem_size=mem_size, mem_ptr=1, pmem_id=1)
+
+
+def test_used_bytes_tracks_current_and_peak_bytes_in_use():
+    used = UsedBytes(device_id=0)
+    _malloc(used, 1024)
+    _malloc(used, 4096)
+    _free(used, 1024)
+    assert (used.current, used.peak) == (4096, 5120)
+    _malloc(used, 512)                      # a block the pool had cached: in use again
+    assert (used.current, used.peak) == (4608, 5120)
+    _malloc(used, 1 << 20, mem_ptr=0)       # a failed allocation holds nothing
+    _malloc(used, 1 << 20, device_id=1)     # another device's blocks are not counted
+    _free(used, 1 << 20, device_id=1)
+    assert (used.current, used.peak) == (4608, 5120)
+    _free(used, 4608)
+    _free(used, 2048)  # allocated before the count began: below zero, like torch's counter
+    _malloc(used, 4096)
+    assert (used.current, used.peak) == (2048, 5120)
+    every_device = UsedBytes()
+    _malloc(every_device, 512, device_id=3)
+    assert every_device.peak == 512
+
+
+def test_used_bytes_hook_is_a_cupy_memory_hook():
+    import cupy
+    from cupy.cuda import memory_hook
+
+    hook = used_bytes_hook(cupy, 0)
+    assert isinstance(hook, cupy.cuda.MemoryHook) and isinstance(hook, UsedBytes)
+    with hook:  # registration is host-side bookkeeping: no GPU needed
+        assert memory_hook.get_memory_hooks()[UsedBytes.name] is hook
+        hook.alloc_preprocess(device_id=0, mem_size=512)  # CuPy's no-op for the rest
+        _malloc(hook, 2048)
+    assert UsedBytes.name not in memory_hook.get_memory_hooks()
+    assert hook.peak == 2048
+
+
+def test_cupy_used_bytes_probe_reports_peak_bytes_in_use():
+    cupy = _fake_cupy(_FakeCuda())
+    probe = CupyUsedBytesProbe(cupy)
     probe.start()
-    assert cupy.pool.freed == 1  # cached blocks dropped before measuring
-    assert probe.stop() == 4000
-    assert cuda.log.count("device.synchronize") == 2
+    (hook,) = cupy.hooks
+    _malloc(hook, 1000)
+    _malloc(hook, 3000)
+    _free(hook, 1000)
+    _malloc(hook, 500)  # at most 4000 in use at once; total_bytes would count cached blocks too
+    assert probe.stop() == 4000 and cupy.hooks == []
+    assert probe.stop() is None  # not started
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_is_available(), reason="needs CUDA")
+def test_cupy_used_bytes_probe_on_the_gpu_leaves_cached_blocks_out():
+    import cupy
+
+    cached = cupy.empty(8 << 20, dtype=cupy.uint8)
+    del cached  # the pool keeps the 8 MiB block
+    probe = CupyUsedBytesProbe(cupy)
+    probe.start()
+    a = cupy.empty(1 << 20, dtype=cupy.uint8)
+    b = cupy.empty(1 << 19, dtype=cupy.uint8)
+    del a, b
+    assert probe.stop() == (1 << 20) + (1 << 19)
 
 
 def test_tracemalloc_probe_sees_numpy_arrays():
@@ -293,14 +356,14 @@ def test_gpuconv_case_runs_every_mode(device):
         assert case.state["x"] is not inputs["x"]  # own copy: counted by the memory probe
 
 
-def test_cuda_backend_uses_events_and_the_pool_probe(monkeypatch):
+def test_cuda_backend_uses_events_and_the_used_bytes_probe(monkeypatch):
     import gpuconv.bench.cases as cases
-    fake = _fake_cupy(_FakeCuda(), [])
+    fake = _fake_cupy(_FakeCuda())
     monkeypatch.setattr(cases, "get_device", lambda spec: types.SimpleNamespace(xp=fake))
     backend = cases.gpuconv_backend("cuda")
     assert (backend.name, backend.framework, backend.device) == ("gpuconv-cupy", "gpuconv",
                                                                  "cuda")
-    assert isinstance(backend.memory_probe(), CupyPoolProbe)
+    assert isinstance(backend.memory_probe(), CupyUsedBytesProbe)
     with pytest.raises(ValueError):
         cases.gpuconv_backend("tpu")
 

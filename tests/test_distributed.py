@@ -12,7 +12,7 @@ import pytest
 
 import gpuconv
 from gpuconv import distributed as dist
-from gpuconv.backend import to_numpy
+from gpuconv.backend import to_device, to_numpy
 from gpuconv.cli import parallel
 from gpuconv.cli.common import CLIError
 from gpuconv.data.device_loader import DeviceDataLoader
@@ -133,7 +133,7 @@ def test_settings_mismatch_names_the_differing_key():
 
 @pytest.mark.parametrize("bn, sync, shape", [(BatchNorm2d, SyncBatchNorm2d, (10, 3, 4, 5)),
                                               (BatchNorm1d, SyncBatchNorm1d, (9, 4))])
-def test_sync_batchnorm_on_shards_equals_batchnorm_on_the_global_batch(bn, sync, shape):
+def test_sync_batchnorm_on_shards_equals_batchnorm_on_the_global_batch(bn, sync, shape, device):
     rng = numpy.random.default_rng(1)
     x = rng.normal(2.0, 3.0, size=shape)
     dy = rng.normal(size=shape)
@@ -149,8 +149,10 @@ def test_sync_batchnorm_on_shards_equals_batchnorm_on_the_global_batch(bn, sync,
         a, b = dist.shard_bounds(shape[0], comm.size, comm.rank)
         layer = sync(channels, dtype="float64", comm=comm)
         layer.weight.data[...] = ref.weight.data
-        y = layer.forward(x[a:b])
-        dx = layer.backward(dy[a:b] * shape[0] / (b - a))
+        layer.to(device)
+        y = to_numpy(layer.forward(to_device(x[a:b], device)))
+        dx = to_numpy(layer.backward(to_device(dy[a:b] * shape[0] / (b - a), device)))
+        layer.to("cpu")
         return a, b, y, dx * (b - a) / shape[0], layer
 
     results = run_ranks(2, rank)

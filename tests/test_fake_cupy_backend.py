@@ -102,8 +102,18 @@ def test_seed_cnn_batch_128_numpy_vs_fakecupy():
     assert y1.shape == (128, 10) and dx1.shape == x.shape
     numpy.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
     numpy.testing.assert_allclose(dx1, dx0, rtol=1e-5, atol=1e-6)
+    # a conv bias feeding a training-mode BatchNorm has an exact gradient of 0 (BN takes
+    # the mean out): float32 leaves roundoff (~1e-5, against ~10 for the other gradients)
+    # that changes in every digit with the summation order, and the device sums BN's
+    # products in another order than NumPy's einsum: there it must be as near 0 as on the CPU
+    cancelled = {f"{i}.bias" for i, (a, b) in enumerate(zip(model.layers, model.layers[1:]))
+                 if isinstance(a, Conv2D) and isinstance(b, BatchNorm2d)}
+    assert cancelled == {"0.bias", "4.bias", "8.bias"}
     for name in g0:
         scale = numpy.abs(g0[name]).max()
+        if name in cancelled:
+            assert numpy.abs(g1[name]).max() <= 4 * scale, name
+            continue
         numpy.testing.assert_allclose(g1[name], g0[name], rtol=1e-5, atol=1e-5 * scale,
                                       err_msg=name)
     for name in b0:

@@ -12,6 +12,7 @@ import torch
 import fakecupy
 import gpuconv.optim as optim
 from gpuconv.backend import device_of, get_device, to_device, to_numpy
+from gpuconv.ops import fused
 from gpuconv.layers import BatchNorm2d, Conv2D, Dense, Parameter
 from gpuconv.containers import Sequential
 from conftest import device_fixture_with_second_gpu, on_device  # noqa: F401
@@ -324,3 +325,57 @@ def test_clip_grad_norm_float32_keeps_dtype(device):
     norm = optim.clip_grad_norm(params, 1.0)
     assert norm.dtype == numpy.float32
     assert all(p.grad.dtype == numpy.float32 for p in params)
+
+
+def _adam_kernel_stand_in(xp, name, dtype, n, args):
+    """What the fused ``adam_update`` CUDA kernel computes (gpuconv/ops/cuda_source.py),
+    elementwise on the fake CuPy: stands in for the launch, which needs a GPU."""
+    assert name == "adam_update" and n == args[0].size
+    param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step_size, bc2_sqrt, wd, \
+        decoupled, _ = args
+    if int(decoupled):
+        param *= 1 - lr * wd
+    elif wd != 0:
+        grad = grad + wd * param
+    exp_avg[...] = beta1 * exp_avg + (1 - beta1) * grad
+    exp_avg_sq[...] = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
+    param -= step_size * (exp_avg / (xp.sqrt(exp_avg_sq) / bc2_sqrt + eps))
+
+
+@pytest.mark.parametrize("case", [CASES[7], CASES[9]], ids=[CASE_IDS[i] for i in (7, 9)])
+def test_adam_with_the_fused_kernel_allocates_no_scratch(case, monkeypatch):
+    # the kernel needs no scratch: the two parameter-sized buffers of the xp path are
+    # made only when that path runs
+    name, ours_kw, torch_kw = case
+    host, grads = _host_params(), _grads()
+    expected = _torch_run(name, torch_kw, host, grads)
+    launches, allocations = [], []
+    monkeypatch.setattr(fused, "_use_cuda_kernel", lambda xp, *arrays: True)
+    monkeypatch.setattr(fused, "_launch", lambda *a: launches.append(a[1]) or
+                        _adam_kernel_stand_in(*a))
+
+    def counted(fn):
+        real = getattr(fakecupy.xp, fn)
+        return lambda *a, **k: allocations.append(fn) or real(*a, **k)
+
+    for fn in ("empty", "empty_like"):  # what the scratch buffers would be made with
+        monkeypatch.setattr(fakecupy.xp, fn, counted(fn))
+    params = _ours(host, fakecupy.DEVICE)
+    opt = getattr(optim, name)(params, **ours_kw)
+    for g in grads:
+        _set_grads(params, g, fakecupy.DEVICE)
+        opt.step()
+    assert len(launches) == STEPS * len(params) and set(launches) == {"adam_update"}
+    assert opt._work == [{} for _ in params] and allocations == []
+    for p, ref in zip(params, expected[-1]):
+        numpy.testing.assert_allclose(to_numpy(p.data), ref, rtol=1e-6, atol=1e-12)
+
+
+def test_adam_on_the_xp_path_keeps_its_two_scratch_buffers(device):
+    params = _ours(_host_params(), device)
+    opt = optim.Adam(params, lr=0.01, weight_decay=0.1)
+    for g in _grads()[:2]:
+        _set_grads(params, g, device)
+        opt.step()
+        buffers = [sorted(w) for w in opt._work]
+        assert buffers == [[0, 1] for _ in params]

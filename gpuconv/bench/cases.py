@@ -20,8 +20,8 @@ from ..losses import SoftmaxCrossEntropy
 from ..optim import Adam
 from ..io.spec import MODEL_FORMAT, MODEL_VERSION
 from ..models import build_model
-from .timing import CpuTimer, CupyPoolProbe, MemoryProbe, NullProbe, Timer, TracemallocProbe, \
-    cupy_event_timer
+from .timing import (CpuTimer, CupyUsedBytesProbe, MemoryProbe, NullProbe, Timer,
+                     TracemallocProbe, cupy_event_timer)
 from .workloads import Workload
 
 __all__ = ["Case", "Backend", "gpuconv_backend", "build_gpuconv_case", "LEARNING_RATE"]
@@ -116,4 +116,4 @@ def gpuconv_backend(device: str, dtype: str = "float32") -> Backend:
     return Backend("gpuconv-cupy", "gpuconv", "cuda",
                    lambda w, inputs: build_gpuconv_case(w, inputs, "cuda",
                                                         cupy_event_timer(cupy), dtype),
-                   lambda: CupyPoolProbe(cupy))
+                   lambda: CupyUsedBytesProbe(cupy))

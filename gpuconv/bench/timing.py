@@ -10,11 +10,14 @@ Timers measure one call of a workload and return seconds:
   reference builds one from ``torch.cuda.Event``. The device is synchronised
   before the start event so earlier queued work is not counted.
 
-Memory probes report the peak bytes a backend used while a case was built
-and warmed up (:class:`TracemallocProbe` for NumPy, which reports its
-allocations to :mod:`tracemalloc`; :class:`CupyPoolProbe` for CuPy's memory
-pool). Probes run outside the timed repetitions, since tracing slows every
-allocation.
+Memory probes report the peak bytes a backend had in use at once while a
+case was built and warmed up (:class:`TracemallocProbe` for NumPy, which
+reports its allocations to :mod:`tracemalloc`; :class:`CupyUsedBytesProbe`
+for CuPy: a ``cupy.cuda.MemoryHook`` counting the bytes its memory pool hands
+out and takes back, :class:`UsedBytes`, the counterpart of PyTorch's
+``torch.cuda.max_memory_allocated``; blocks the pool keeps cached for reuse
+are not in use and not counted). Probes run outside the timed repetitions,
+since tracing slows every allocation.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from types import ModuleType
 from typing import Any, Callable, Protocol
 
 __all__ = ["Timer", "CpuTimer", "EventTimer", "cupy_event_timer", "MemoryProbe", "NullProbe",
-           "TracemallocProbe", "CupyPoolProbe"]
+           "TracemallocProbe", "UsedBytes", "used_bytes_hook", "CupyUsedBytesProbe"]
 
 
 class Timer(Protocol):
@@ -136,27 +139,70 @@ class TracemallocProbe:
         return max(int(peak - self._base), 0)
 
 
-class CupyPoolProbe:
-    """Growth of CuPy's default memory pool (``total_bytes``) between start and stop.
+class UsedBytes:
+    """The bookkeeping of a CuPy memory hook: bytes in use and their peak.
 
-    ``start`` frees the pool's cached blocks, so afterwards the pool holds
-    only live arrays; the pool then grows to the most bytes the case ever had
-    in use at once (rounded up to CuPy's allocation units), which is what
-    ``stop`` reports. CuPy's pool keeps no peak counter of its own.
+    CuPy calls ``malloc_postprocess`` after its memory pool hands out a block
+    and ``free_postprocess`` after a block goes back to the pool, each with
+    keyword arguments (``device_id``, ``mem_size``: the block's bytes, rounded
+    up to CuPy's 512-byte unit, ``mem_ptr``: 0 when the allocation failed, ...).
+    ``current`` is the bytes handed out minus the bytes given back since this
+    object was made, ``peak`` its maximum: with the bytes in use at the start as
+    zero, what ``torch.cuda.max_memory_allocated()`` minus ``memory_allocated()``
+    at ``reset_peak_memory_stats()`` is for PyTorch (which rounds to 512 bytes
+    too). A block allocated before and freed after the start lowers ``current``
+    below zero, as it lowers PyTorch's ``memory_allocated``. ``device_id``:
+    count that device only (None: all). A plain class: :func:`used_bytes_hook`
+    makes it a ``cupy.cuda.MemoryHook``; tests call these methods directly.
     """
 
-    method = "cupy_pool_total_bytes"
+    name = "gpuconv_bench_used_bytes"  # the key CuPy registers the hook under
+
+    def __init__(self, device_id: int | None = None) -> None:
+        self.device_id = device_id
+        self.current = 0
+        self.peak = 0
+
+    def _counts(self, kwargs: dict) -> bool:
+        return self.device_id is None or kwargs.get("device_id") == self.device_id
+
+    def malloc_postprocess(self, **kwargs: Any) -> None:
+        if kwargs.get("mem_ptr") and self._counts(kwargs):
+            self.current += int(kwargs["mem_size"])
+            self.peak = max(self.peak, self.current)
+
+    def free_postprocess(self, **kwargs: Any) -> None:
+        if self._counts(kwargs):
+            self.current -= int(kwargs["mem_size"])
+
+
+def used_bytes_hook(cupy: ModuleType, device_id: int | None = None) -> Any:
+    """A :class:`UsedBytes` that is also a ``cupy.cuda.MemoryHook`` (the other hook
+    methods are CuPy's no-ops); ``with hook:`` registers it for the calling thread
+    (CuPy keeps memory hooks per thread)."""
+    hook_type = type("UsedBytesHook", (UsedBytes, cupy.cuda.MemoryHook), {})
+    return hook_type(device_id)
+
+
+class CupyUsedBytesProbe:
+    """Peak bytes of CuPy arrays in use at once between start and stop (:class:`UsedBytes`
+    on the current device, registered for the calling thread), like PyTorch's
+    ``max_memory_allocated``: blocks the memory pool keeps cached after they were freed
+    are not counted (the pool's ``total_bytes`` counts them)."""
+
+    method = "cupy_memory_hook_peak_used_bytes"
 
     def __init__(self, cupy: ModuleType) -> None:
         self._cupy = cupy
-        self._base = 0
+        self._hook: Any = None
 
     def start(self) -> None:
-        self._cupy.cuda.Device().synchronize()
-        pool = self._cupy.get_default_memory_pool()
-        pool.free_all_blocks()
-        self._base = int(pool.total_bytes())
+        self._hook = used_bytes_hook(self._cupy, int(self._cupy.cuda.Device().id))
+        self._hook.__enter__()
 
     def stop(self) -> int | None:
-        self._cupy.cuda.Device().synchronize()
-        return max(int(self._cupy.get_default_memory_pool().total_bytes()) - self._base, 0)
+        hook, self._hook = self._hook, None
+        if hook is None:
+            return None
+        hook.__exit__(None, None, None)
+        return max(int(hook.peak), 0)

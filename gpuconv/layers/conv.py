@@ -116,8 +116,10 @@ class _Conv(Layer):
         if min(out_hw) < 1:
             raise ValueError(f"{self!r}: input {layout} of spatial size {tuple(x4.shape[2:])} is "
                              f"smaller than the dilated kernel; output would be {tuple(out_hw)}")
-        if self._cache_workspace is None:  # scratch buffers reused from step to step
+        if self._cache_workspace is None:  # scratch buffers reused from step to step (CPU)
             self._cache_workspace = Workspace()
+        # the last step's columns go first: off the CPU the new ones are a new array
+        self._cache = None
         y, cols = conv2d_forward(x4, weight4, bias, stride, padding, dilation,
                                  workspace=self._cache_workspace)
         self._cache = (cols, x4.shape, padding, y.shape)

@@ -7,7 +7,7 @@ import numpy
 
 from ..backend import Array
 from ..ops.fused import batchnorm_input_grad, batchnorm_normalize, channel_rows
-from ..ops.reduce import channel_sum
+from ..ops.reduce import channel_dot, channel_sum
 from .base import Layer, Parameter, is_grad_enabled
 from .conv import positive_int_tuple
 
@@ -55,19 +55,16 @@ class _BatchNorm(Layer):
     def config(self) -> dict:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
 
-    def _shape_and_spec(self, x: Array) -> tuple[tuple[int, ...], str]:
-        """The broadcast shape of per-channel vectors and the einsum spec of a
-        per-channel sum of products (no temporary array)."""
-        if x.ndim == 2:
-            return (1, -1), "nc,nc->c"
-        return (1, -1, 1, 1), "nchw,nchw->c"
+    def _channel_shape(self, x: Array) -> tuple[int, ...]:
+        """The broadcast shape of per-channel vectors over ``x``."""
+        return (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
 
     def forward(self, x: Array) -> Array:
         xp = self._check_input(x, self._ndim, self.num_features, self._layout)
         in_dtype = x.dtype
         if in_dtype != self.weight.data.dtype:  # float16 under autocast: work in float32
             x = x.astype(self.weight.data.dtype)
-        bshape, dot_spec = self._shape_and_spec(x)
+        bshape = self._channel_shape(x)
         count = x.size // self.num_features
         if not self.training:
             return self._forward_running_stats(x, xp, bshape, in_dtype)
@@ -77,7 +74,7 @@ class _BatchNorm(Layer):
         mean = channel_sum(x) / count
         flat, mean_rows = channel_rows(x, mean)
         centred = (flat - mean_rows).reshape(x.shape)
-        var = xp.einsum(dot_spec, centred, centred) / count  # two-pass: exact for large means
+        var = channel_dot(centred, centred) / count  # two-pass: exact for large means
         m = self.momentum
         self.running_mean *= 1 - m
         self.running_mean += m * mean
@@ -108,10 +105,10 @@ class _BatchNorm(Layer):
         if tuple(dy.shape) != tuple(centred.shape):
             raise ValueError(f"{self!r}: backward expected dy of shape {tuple(centred.shape)}, "
                              f"got {tuple(dy.shape)}")
-        xp = self._check_input(dy, self._ndim, self.num_features, self._layout)
+        self._check_input(dy, self._ndim, self.num_features, self._layout)
         if dy.dtype != centred.dtype:  # float16 under autocast
             dy = dy.astype(centred.dtype)
-        bshape, dot_spec = self._shape_and_spec(dy)
+        bshape = self._channel_shape(dy)
         used_batch_stats = running_mean is None
         if not used_batch_stats:  # eval mode kept x: centre it on the statistics it used
             centred = centred - running_mean.reshape(bshape)
@@ -123,7 +120,7 @@ class _BatchNorm(Layer):
             if need_beta:
                 self.bias.grad += dbeta
         if used_batch_stats or need_gamma:
-            dgamma = xp.einsum(dot_spec, dy, centred) * inv_std  # sum(dy * x_hat)
+            dgamma = channel_dot(dy, centred) * inv_std  # sum(dy * x_hat)
             if need_gamma:
                 self.weight.grad += dgamma
         scale = self.weight.data * inv_std

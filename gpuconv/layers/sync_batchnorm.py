@@ -28,7 +28,7 @@ from typing import Any
 
 from ..backend import Array
 from ..ops.fused import batchnorm_input_grad, batchnorm_normalize
-from ..ops.reduce import channel_sum
+from ..ops.reduce import channel_dot, channel_sum
 from .base import is_grad_enabled
 from .normalization import BatchNorm1d, BatchNorm2d
 
@@ -53,12 +53,12 @@ class _SyncStats:
         in_dtype = x.dtype
         if in_dtype != self.weight.data.dtype:
             x = x.astype(self.weight.data.dtype)
-        bshape, dot_spec = self._shape_and_spec(x)
+        bshape = self._channel_shape(x)
         count = x.size // c
         d = x - self.running_mean.reshape(bshape)
         stats = xp.empty(2 * c + 1, dtype=x.dtype)
         stats[:c] = channel_sum(d)
-        stats[c:2 * c] = xp.einsum(dot_spec, d, d)
+        stats[c:2 * c] = channel_dot(d, d)
         stats[2 * c] = count
         self.comm.allreduce_sum([stats])
         total = stats[2 * c:]                      # (1,) on the device: no host read
@@ -93,10 +93,9 @@ class _SyncStats:
         xp = self._check_input(dy, self._ndim, c, self._layout)
         if dy.dtype != centred.dtype:
             dy = dy.astype(centred.dtype)
-        _, dot_spec = self._shape_and_spec(dy)
         sums = xp.empty(2 * c, dtype=dy.dtype)
         sums[:c] = channel_sum(dy)
-        sums[c:] = xp.einsum(dot_spec, dy, centred)
+        sums[c:] = channel_dot(dy, centred)
         self.bias.grad += sums[:c]
         self.weight.grad += sums[c:] * inv_std
         sums *= count / total                      # this rank's share of the global batch

@@ -9,6 +9,7 @@ in-place operations so no per-step temporaries beyond two are allocated.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from ..backend import Array, get_array_module
 from .cuda_source import launch as _launch
@@ -92,7 +93,8 @@ def relu_grad(dy: Array, y: Array, use_kernel: bool | None = None) -> Array:
 def adam_update(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, *, lr: float,
                 beta1: float, beta2: float, eps: float, step: int, weight_decay: float = 0.0,
                 decoupled: bool = False, use_kernel: bool | None = None,
-                work: tuple[Array, Array] | None = None) -> None:
+                work: tuple[Array, Array] | Callable[[], tuple[Array, Array]] | None = None,
+                ) -> None:
     """One Adam/AdamW step, in place on ``param``, ``exp_avg`` and ``exp_avg_sq``.
 
     Same arithmetic as ``torch.optim.Adam`` (``decoupled=False``: L2 added to
@@ -101,7 +103,8 @@ def adam_update(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, *,
     ``grad`` is not modified. ``use_kernel`` forces (True) or forbids (False)
     the CUDA kernel; the default uses it whenever the arrays are contiguous
     CuPy arrays. ``work``: two scratch arrays like ``param`` for the reference
-    path (allocated when omitted).
+    path, or a function returning them, called only when that path runs (the
+    kernel needs none); allocated when omitted.
     """
     xp = get_array_module(param, grad, exp_avg, exp_avg_sq)
     bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
@@ -115,6 +118,8 @@ def adam_update(param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, *,
                  t(step_size), t(bias_correction2_sqrt), t(weight_decay), xp.int32(decoupled),
                  xp.int64(param.size)))
         return
+    if callable(work):
+        work = work()
     g_work, work = work if work is not None else (xp.empty_like(param), xp.empty_like(param))
     if decoupled:
         if weight_decay:

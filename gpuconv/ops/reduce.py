@@ -1,7 +1,7 @@
 """Per-channel reductions over the batch and spatial axes, as BLAS matrix-vector products."""
 from __future__ import annotations
 
-from ..backend import Array, get_array_module
+from ..backend import Array, backend_of_module, get_array_module
 
 
 def channel_sum(x: Array) -> Array:
@@ -20,3 +20,24 @@ def channel_sum(x: Array) -> Array:
     length = x.size // (n * c) if n * c else 0
     rows = x.reshape(n * c, length) @ xp.ones(length, dtype=x.dtype)
     return xp.ones(n, dtype=x.dtype) @ rows.reshape(n, c)
+
+
+_DOT_SPECS = {2: "nc,nc->c", 3: "ncl,ncl->c", 4: "nchw,nchw->c"}
+
+
+def channel_dot(a: Array, b: Array) -> Array:
+    """Per-channel sum of the product ``a * b`` of two (N, C, *spatial) arrays over every
+    axis but 1: shape (C,) (BatchNorm's variance and ``sum(dy * x_hat)``).
+
+    On NumPy one ``einsum`` (no temporary; measured 2-3x faster than
+    :func:`channel_sum` of the product on (128, 32, 32, 32) and (1024, 64, 15, 15)
+    float32). Elsewhere (CuPy) the product, then :func:`channel_sum`: one elementwise
+    kernel and two cuBLAS matrix-vector products, where CuPy's generic einsum makes
+    transposed copies of both operands and runs an m=n=1 batched GEMM.
+    """
+    xp = get_array_module(a, b)
+    if backend_of_module(xp).name == "cpu":
+        if a.ndim not in _DOT_SPECS:  # (N, C, L) for any other number of spatial axes
+            a, b = (v.reshape(v.shape[0], v.shape[1], -1) for v in (a, b))
+        return xp.einsum(_DOT_SPECS[a.ndim], a, b)
+    return channel_sum(a * b)

@@ -51,12 +51,13 @@ class Adam(Optimizer):
 
     def _update(self, p: Parameter, state: dict[str, Array], index: int,
                 group: dict[str, Any]) -> None:
-        # one fused CUDA kernel per parameter on the GPU, in-place xp ops elsewhere
+        # one fused CUDA kernel per parameter on the GPU, in-place xp ops elsewhere; the
+        # two parameter-sized scratch buffers are made (and kept) only for the xp ops
         beta1, beta2 = group["betas"]
         adam_update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], lr=group["lr"],
                     beta1=beta1, beta2=beta2, eps=group["eps"], step=self._steps[index],
                     weight_decay=group["weight_decay"], decoupled=self._decoupled,
-                    work=(self._scratch(p, index, 0), self._scratch(p, index, 1)))
+                    work=lambda: (self._scratch(p, index, 0), self._scratch(p, index, 1)))
 
 
 class AdamW(Adam):
