@@ -42,7 +42,8 @@ ROW_KEYS = {"workload", "group", "mode", "batch", "device", "backend", "framewor
             "reps", "times_ms", "median_ms", "min_ms", "max_ms", "mean_ms", "images_per_s",
             "images_per_s_min", "images_per_s_max", "flops", "gflops", "gflops_min",
             "gflops_max", "peak_fraction", "peak_memory_bytes", "memory_method",
-            "ratio_vs_torch", "error"}
+            "ratio_vs_torch", "world_size", "allreduce_ms", "allreduce_fraction",
+            "round_medians_ms", "error"}
 REPORT_KEYS = {"schema", "created", "command", "argv", "settings", "machine", "torch",
                "reference", "peaks", "workloads", "results", "notes", "elapsed_s"}
 

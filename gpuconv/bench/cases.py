@@ -49,7 +49,8 @@ class Backend:
     memory_probe: Callable[[], MemoryProbe] = NullProbe
 
 
-def _step_function(workload: Workload, model: Any, arrays: dict[str, Any]) -> Callable[[], Any]:
+def _step_function(workload: Workload, model: Any, arrays: dict[str, Any],
+                   after_backward: Callable[[], Any] | None = None) -> Callable[[], Any]:
     x = arrays["x"]
     if workload.mode == "eval":  # like torch.inference_mode in the reference
         model.eval()
@@ -88,20 +89,29 @@ def _step_function(workload: Workload, model: Any, arrays: dict[str, Any]) -> Ca
         optimizer.zero_grad()
         loss.forward(model.forward(x), labels)
         model.backward_params(loss.backward())  # as fit(): no input gradient
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
     return train_step
 
 
 def build_gpuconv_case(workload: Workload, inputs: dict[str, numpy.ndarray], device: str,
-                       timer: Timer, dtype: str = "float32") -> Case:
-    """Build the workload's layers with gpuconv on ``device`` and copy the inputs there."""
+                       timer: Timer, dtype: str = "float32",
+                       gradient_hook: Callable[[Any], Callable[[], Any]] | None = None) -> Case:
+    """Build the workload's layers with gpuconv on ``device`` and copy the inputs there.
+
+    ``gradient_hook(model)``, in ``train`` mode, returns a call that the step makes
+    between the backward pass and the optimizer step (the gradient allreduce of
+    ``gpuconv bench --nproc``)."""
     seed(0)
     model = build_model({"format": MODEL_FORMAT, "version": MODEL_VERSION, "dtype": dtype,
                          "layers": workload.layers}, where=f"workload {workload.name}")
     model.to(device)
     # own copies, so the memory probe counts the inputs on every device alike
     arrays = {k: to_device(numpy.array(v, copy=True), device) for k, v in inputs.items()}
-    return Case(_step_function(workload, model, arrays), timer, {"model": model, **arrays})
+    after_backward = None if gradient_hook is None else gradient_hook(model)
+    return Case(_step_function(workload, model, arrays, after_backward), timer,
+                {"model": model, **arrays})
 
 
 def gpuconv_backend(device: str, dtype: str = "float32") -> Backend:

@@ -8,8 +8,11 @@ import os
 import sys
 from typing import Sequence
 
+from ..cli import argtypes
+from ..cli.errors import CLIError
 from ..training.console import terminal_width, wrap_text
 from .harness import DEVICE_CHOICES, BenchConfig, run
+from .nproc import DEFAULT_BATCH
 from .report import default_json_path, format_table, write_json, write_png
 from .workloads import all_workloads, select
 
@@ -19,7 +22,8 @@ DESCRIPTION = (
     "Benchmark gpuconv's layers and the seed CNN (training step and inference) on NumPy, "
     "on CuPy where a GPU answers, and PyTorch on the same device (loaded from "
     "benchmarks/torch_reference.py), repetitions interleaved. Prints a table; writes JSON "
-    "(and a PNG with --png).")
+    "(and a PNG with --png). With --nproc N: the seed-CNN training step on N MPI ranks "
+    "against one gpuconv process and PyTorch, each in its own processes.")
 
 # (batch sizes, reps, warmup, sgemm size (None: per device), sgemm reps) for each run size
 _FULL = ((64, 128, 256), 10, 2, None, 7)
@@ -109,6 +113,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="matrix size of the sgemm peak measurement (default 2048 on "
                              "the CPU, 8192 on the GPU)")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+    parser.add_argument("--nproc", type=argtypes.integer(1), default=1, metavar="N",
+                        help="N >= 2: time the seed-CNN training step on N ranks under "
+                             "mpiexec (one BLAS thread each, batch/N samples each) against "
+                             f"one gpuconv process and PyTorch, at global batch "
+                             f"{DEFAULT_BATCH} unless --batch-sizes; needs the 'mpi' extra")
+    parser.add_argument("--rounds", type=argtypes.integer(1), metavar="N",
+                        help="with --nproc: start each process N times, in turn (default 3; "
+                             "--quick: 1); --reps steps are timed in each")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -117,6 +129,10 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     preset = (_TINY_QUICK if args.quick else _TINY) if args.tiny else (
         _QUICK if args.quick else _FULL)
     batches, reps, warmup, peak_size, peak_reps = preset
+    nproc = getattr(args, "nproc", 1) or 1
+    if nproc > 1:  # the global batch, whatever the preset
+        batches = (DEFAULT_BATCH,)
+    rounds = getattr(args, "rounds", None) or (1 if args.quick else BenchConfig.rounds)
     return BenchConfig(
         batch_sizes=tuple(_int_list(args.batch_sizes)) if args.batch_sizes else batches,
         reps=args.reps or reps, warmup=args.warmup or warmup,
@@ -125,7 +141,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         tiny=args.tiny, quick=args.quick, use_torch=not args.no_torch,
         reference=args.reference, peak_size=args.peak_size or peak_size, peak_reps=peak_reps,
         cooldown=BenchConfig.cooldown if args.cooldown is None else args.cooldown,
-        command=list(getattr(args, "argv", None) or sys.argv))
+        nproc=nproc, rounds=rounds, command=list(getattr(args, "argv", None) or sys.argv))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -141,7 +157,7 @@ def run_command(args: argparse.Namespace) -> int:
                 print(wrap_text(f"{w.name:32s} {w.description}", width, " " * 33))
             return 0
         report = run(config)
-    except (ValueError, RuntimeError, argparse.ArgumentTypeError) as exc:
+    except (ValueError, RuntimeError, argparse.ArgumentTypeError, CLIError) as exc:
         print(f"gpuconv bench: error: {exc}", file=sys.stderr)
         return 2
     width = terminal_width(sys.stdout) - 1  # every line fits the terminal (80 if none)

@@ -27,18 +27,18 @@ from typing import Any, Callable, Sequence
 from ..backend import (cuda_is_available, cuda_unavailable_reason, get_device, keep_freed_memory,
                        own_cpu_threads)
 from ..training.console import terminal_width, wrap_text
-from .cases import Backend, Case, gpuconv_backend
-from .machine import machine_info
+from .cases import Backend, gpuconv_backend
+from .machine import busy_note, machine_info
+from .nproc import run_ranks
 from .peak import measure_sgemm_peak
 from .reference import Reference, load_reference
-from .stats import summarize
+from .rows import SCHEMA, add_ratios, describe_error, prepare, result_row
 from .timing import CpuTimer, cupy_event_timer
 from .workloads import Workload, all_workloads, make_inputs, runs_on, select
 
 __all__ = ["SCHEMA", "BenchConfig", "resolve_devices", "measure_group", "add_ratios",
            "measure_peaks", "run"]
 
-SCHEMA = "gpuconv-bench/1"
 DEVICE_CHOICES = ("cpu", "cuda", "all")
 # sgemm peak matrix sizes: big enough to saturate the device, small enough to be quick
 PEAK_SIZES = {"cpu": 2048, "cuda": 8192}
@@ -61,6 +61,8 @@ class BenchConfig:
     peak_size: int | None = None  # None: PEAK_SIZES per device
     peak_reps: int = 5
     cooldown: float = 0.25  # seconds of pause before switching backends on the CPU (see above)
+    nproc: int = 1  # > 1: the seed-CNN training step on this many MPI ranks (see nproc.py)
+    rounds: int = 3  # nproc > 1: each process is started this many times, in turn
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     def validate(self) -> None:
@@ -75,6 +77,9 @@ class BenchConfig:
             raise ValueError(f"cooldown must be >= 0 seconds, got {self.cooldown}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.nproc < 1 or self.rounds < 1:
+            raise ValueError(f"nproc and rounds must be >= 1, got nproc={self.nproc}, "
+                             f"rounds={self.rounds}")
 
 
 def resolve_devices(spec: str) -> tuple[list[str], list[str]]:
@@ -102,69 +107,6 @@ def measure_peaks(devices: Sequence[str], size: int | None, reps: int) -> dict[s
     return peaks
 
 
-@dataclass
-class _Prepared:
-    backend: Backend
-    case: Case | None = None
-    memory: int | None = None
-    memory_method: str | None = None
-    error: str | None = None
-    times: list[float] = field(default_factory=list)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-
-
-def _prepare(backend: Backend, workload: Workload, inputs: dict, warmup: int) -> _Prepared:
-    """Build the case and run the warm-ups under the backend's memory probe."""
-    prepared = _Prepared(backend)
-    probe = backend.memory_probe()
-    prepared.memory_method = getattr(probe, "method", None)
-    probe.start()
-    try:
-        prepared.case = backend.build(workload, inputs)
-        for _ in range(warmup):
-            prepared.case.timer.measure(prepared.case.step)
-    except Exception as exc:  # e.g. out of memory: report the row, keep benchmarking
-        prepared.case, prepared.error = None, _describe(exc)
-    finally:
-        try:
-            prepared.memory = probe.stop()
-        except Exception:
-            prepared.memory = None
-    return prepared
-
-
-def _row(workload: Workload, batch: int, p: _Prepared, timer_kind: str | None,
-         peak_gflops: float | None) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "workload": workload.name, "group": workload.group, "mode": workload.mode,
-        "batch": batch, "device": p.backend.device, "backend": p.backend.name,
-        "framework": p.backend.framework, "timer": timer_kind, "reps": len(p.times),
-        "times_ms": [t * 1e3 for t in p.times], "median_ms": None, "min_ms": None,
-        "max_ms": None, "mean_ms": None, "images_per_s": None, "images_per_s_min": None,
-        "images_per_s_max": None, "flops": workload.flops(batch), "gflops": None,
-        "gflops_min": None, "gflops_max": None, "peak_fraction": None,
-        "peak_memory_bytes": p.memory, "memory_method": p.memory_method,
-        "ratio_vs_torch": None, "error": p.error,
-    }
-    if p.error is not None or not p.times:
-        return row
-    seconds = summarize([max(t, 1e-9) for t in p.times])  # a coarse clock may read 0
-    ms = seconds.scaled(1e3)
-    images = seconds.rate(batch)
-    row.update(median_ms=ms.median, min_ms=ms.min, max_ms=ms.max, mean_ms=ms.mean,
-               images_per_s=images.median, images_per_s_min=images.min,
-               images_per_s_max=images.max)
-    if row["flops"] is not None:
-        gflops = seconds.rate(row["flops"] / 1e9)
-        row.update(gflops=gflops.median, gflops_min=gflops.min, gflops_max=gflops.max)
-        if peak_gflops:
-            row["peak_fraction"] = gflops.median / peak_gflops
-    return row
-
-
 def measure_group(workload: Workload, batch: int, backends: Sequence[Backend], reps: int,
                   warmup: int, dtype: str = "float32", peak_gflops: float | None = None,
                   cooldown: float = 0.0,
@@ -172,7 +114,7 @@ def measure_group(workload: Workload, batch: int, backends: Sequence[Backend], r
     """Rows of one workload at one batch size for backends sharing a device (interleaved,
     with ``cooldown`` seconds of untimed pause before each switch of backend)."""
     inputs = make_inputs(workload, batch, dtype)
-    prepared = [_prepare(b, workload, inputs, warmup) for b in backends]
+    prepared = [prepare(b, workload, inputs, warmup) for b in backends]
     live = [p for p in prepared if p.case is not None]
     gc.collect()
     gc_was_enabled = gc.isenabled()
@@ -187,31 +129,18 @@ def measure_group(workload: Workload, batch: int, backends: Sequence[Backend], r
                 try:
                     p.times.append(p.case.timer.measure(p.case.step))
                 except Exception as exc:
-                    p.error, p.times = _describe(exc), []
+                    p.error, p.times = describe_error(exc), []
                     live.remove(p)
     finally:
         if gc_was_enabled:
             gc.enable()
-    rows = [_row(workload, batch, p, p.case.timer.kind if p.case else None, peak_gflops)
+    rows = [result_row(workload, batch, p, p.case.timer.kind if p.case else None, peak_gflops)
             for p in prepared]
     for p in prepared:
         p.case = None  # free the models and device arrays before the next group
     gc.collect()
     add_ratios(rows)
     return rows
-
-
-def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Set ``ratio_vs_torch`` = torch median time / gpuconv median time (> 1: gpuconv is
-    faster, i.e. the throughput ratio) on gpuconv rows that have a torch row alongside."""
-    for row in rows:
-        if row["framework"] == "torch" or row["median_ms"] is None:
-            continue
-        ref = next((r for r in rows if r["framework"] == "torch" and r["device"] == row["device"]
-                    and r["workload"] == row["workload"] and r["batch"] == row["batch"]
-                    and r["median_ms"] is not None), None)
-        if ref is not None:
-            row["ratio_vs_torch"] = ref["median_ms"] / row["median_ms"]
 
 
 def _backends(devices: Sequence[str], reference: Reference, dtype: str,
@@ -224,7 +153,7 @@ def _backends(devices: Sequence[str], reference: Reference, dtype: str,
                 torch_backend = reference.module.make_backend(device, dtype)
             except Exception as exc:
                 torch_backend = None
-                notes.append(f"PyTorch on {device} unavailable: {_describe(exc)}")
+                notes.append(f"PyTorch on {device} unavailable: {describe_error(exc)}")
             else:
                 if torch_backend is None:
                     notes.append(f"PyTorch cannot run on {device} here; its columns read n/a")
@@ -264,8 +193,12 @@ def _measure_all(config: BenchConfig, workloads: Sequence[Workload], devices: Se
 
 
 def run(config: BenchConfig, log: Callable[[str], None] = _stderr) -> dict[str, Any]:
-    """Run the whole benchmark; returns the report (see ``benchmarks/README.md``)."""
+    """Run the whole benchmark; returns the report (see ``benchmarks/README.md``).
+    ``config.nproc`` > 1 runs the data-parallel comparison instead
+    (:func:`gpuconv.bench.nproc.run_ranks`)."""
     config.validate()
+    if config.nproc > 1:
+        return run_ranks(config, log)
     started = time.perf_counter()
     # the allocator setting fit() uses; applied before any backend runs, so PyTorch
     # (same process, same malloc) is measured under the same conditions
@@ -289,13 +222,12 @@ def run(config: BenchConfig, log: Callable[[str], None] = _stderr) -> dict[str, 
         try:
             torch_info = reference.module.info()
         except Exception as exc:
-            notes.append(f"PyTorch reference info() failed: {_describe(exc)}")
+            notes.append(f"PyTorch reference info() failed: {describe_error(exc)}")
     groups = _backends(devices, reference, config.dtype, notes)
     machine = machine_info(devices)
-    load, cores = machine.get("load_average"), machine.get("cpu_affinity") or machine["cpu_count"]
-    if load and cores and load[0] > 0.5 * cores:
-        notes.append(f"the machine is busy (load average {load[0]} on {cores} cores): CPU "
-                     "timings are noisy; benchmark on a quiet machine for figures to publish")
+    busy = busy_note(machine)
+    if busy:
+        notes.append(busy)
     for note in notes:
         log(f"note: {note}")
     log("measuring the float32 GEMM peak ...")

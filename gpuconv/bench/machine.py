@@ -12,7 +12,8 @@ import numpy
 from .. import __version__
 from ..backend import get_device
 
-__all__ = ["cpu_model", "blas_info", "machine_info", "load_average", "THREAD_VARIABLES"]
+__all__ = ["cpu_model", "blas_info", "machine_info", "load_average", "busy_note",
+           "THREAD_VARIABLES"]
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS",
                     "MKL_NUM_THREADS", "GOMP_SPINCOUNT", "CUPY_TF32")
@@ -96,3 +97,12 @@ def machine_info(devices: list[str]) -> dict:
         except Exception as exc:  # informative only
             info["gpu"] = {"error": f"{type(exc).__name__}: {exc}"}
     return info
+
+
+def busy_note(machine: dict) -> str | None:
+    """A note when :func:`machine_info`'s load average is above half the cores, else None."""
+    load, cores = machine.get("load_average"), machine.get("cpu_affinity") or machine["cpu_count"]
+    if load and cores and load[0] > 0.5 * cores:
+        return (f"the machine is busy (load average {load[0]} on {cores} cores): CPU "
+                "timings are noisy; benchmark on a quiet machine for figures to publish")
+    return None

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 from ..io.atomic import atomic_write_text
 from ..training.console import wrap_text
 
-__all__ = ["COLUMNS", "DROP_ORDER", "format_table", "table_rows", "default_json_path", "write_json",
-           "write_png", "NA"]
+__all__ = ["COLUMNS", "ALLREDUCE", "DROP_ORDER", "format_table", "table_rows",
+           "default_json_path", "write_json", "write_png", "NA"]
 
 NA = "n/a"
 COLUMNS = ("workload", "batch", "backend", "median ms", "min-max ms", "images/s", "GFLOP/s",
@@ -20,6 +20,7 @@ COLUMNS = ("workload", "batch", "backend", "median ms", "min-max ms", "images/s"
 warmed up (live arrays; not blocks a memory pool keeps cached): ``tracemalloc`` on
 NumPy, a CuPy memory hook on CuPy, ``torch.cuda.max_memory_allocated`` for PyTorch on
 CUDA (each row's ``memory_method`` in the JSON)."""
+ALLREDUCE = "allreduce"  # the column of --nproc runs: the gradient allreduce's share of a step
 _LEFT = {"workload", "backend"}
 
 
@@ -66,28 +67,37 @@ def table_rows(results: Sequence[dict[str, Any]]) -> list[list[str]]:
 
 
 # the columns left out first when the table is wider than the terminal (all stay in the JSON)
-DROP_ORDER = ("min-max ms", "peak used MiB", "% peak", "GFLOP/s", "vs torch", "images/s")
+DROP_ORDER = ("min-max ms", "peak used MiB", "% peak", "GFLOP/s", ALLREDUCE, "vs torch",
+              "images/s")
 
 
 def format_table(results: Sequence[dict[str, Any]], width: int | None = None) -> str:
     """Aligned plain-text table: text columns left-aligned, numbers right-aligned; a
-    blank line between workloads. With ``width``, columns are left out in
-    :data:`DROP_ORDER` until the table fits (a last line names them)."""
+    blank line between workloads. Rows of several ranks (``--nproc``) add the
+    column ``allreduce`` (its share of a step). With ``width``, columns are left
+    out in :data:`DROP_ORDER` until the table fits (a last line names them)."""
     rows = table_rows(results)
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(COLUMNS)]
-    keep = list(range(len(COLUMNS)))
+    columns = list(COLUMNS)
+    if any(r.get("allreduce_fraction") is not None for r in results):
+        columns.append(ALLREDUCE)
+        for result, cells in zip(results, rows):
+            share = result.get("allreduce_fraction")
+            cells.append("-" if share is None or result.get("error") is not None
+                         else f"{100 * share:.1f}%")
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(columns)]
+    keep = list(range(len(columns)))
     dropped: list[str] = []
-    for name in DROP_ORDER:
+    for name in [c for c in DROP_ORDER if c in columns]:
         if width is None or sum(widths[i] for i in keep) + 2 * (len(keep) - 1) <= width:
             break
-        keep.remove(COLUMNS.index(name))
+        keep.remove(columns.index(name))
         dropped.append(name)
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(cells[i].ljust(widths[i]) if COLUMNS[i] in _LEFT
+        return "  ".join(cells[i].ljust(widths[i]) if columns[i] in _LEFT
                          else cells[i].rjust(widths[i]) for i in keep).rstrip()
 
-    out = [line(COLUMNS), line(["-" * w for w in widths])]
+    out = [line(columns), line(["-" * w for w in widths])]
     previous = None
     for result, cells in zip(results, rows):
         if previous is not None and result["workload"] != previous:

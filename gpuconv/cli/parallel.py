@@ -23,8 +23,8 @@ from .. import distributed as dist
 from . import argtypes
 from .common import CLIError
 
-__all__ = ["add_arguments", "relaunch_wanted", "relaunch_if_asked", "guarded", "AgreedExit",
-           "check_settings", "describe", "NOT_COMPARED"]
+__all__ = ["add_arguments", "relaunch_wanted", "relaunch_if_asked", "mpiexec_for", "guarded",
+           "AgreedExit", "check_settings", "describe", "NOT_COMPARED"]
 
 #: Settings that may legitimately differ between ranks (paths on different hosts).
 NOT_COMPARED = ("data_dir", "download")
@@ -55,13 +55,20 @@ def relaunch_if_asked(args: argparse.Namespace) -> int | None:
         raise CLIError(f"--nproc must be >= 1, got {nproc}")
     if not nproc or nproc == 1 or dist.launched_by_mpi():
         return None
+    mpiexec = mpiexec_for(nproc)
+    return dist.relaunch(nproc, list(getattr(args, "argv", ["gpuconv"]))[1:], mpiexec)
+
+
+def mpiexec_for(nproc: int) -> str:
+    """The ``mpiexec`` that starts ``--nproc N`` ranks; CLIError naming the ``mpi``
+    extra when mpi4py is missing, or when no mpiexec is found."""
     if not dist.mpi4py_installed():
         raise CLIError(f"--nproc {nproc}: {dist.MPI_MISSING}")
     mpiexec = dist.find_mpiexec()
     if mpiexec is None:
         raise CLIError(f"--nproc {nproc}: no mpiexec found (beside {sys.executable} "
                        "or on PATH); pip install 'gpuconv[mpi]' brings MPICH's")
-    return dist.relaunch(nproc, list(getattr(args, "argv", ["gpuconv"]))[1:], mpiexec)
+    return mpiexec
 
 
 def _exit_code(exc: BaseException) -> int:

@@ -43,9 +43,11 @@ def find_mpiexec() -> str | None:
     return None
 
 
-def relaunch_command(mpiexec: str, nproc: int, argv: Sequence[str]) -> list[str]:
-    """``[mpiexec, -n, N, python, -m, gpuconv, *argv]`` (``argv`` without the program name)."""
-    return [mpiexec, "-n", str(int(nproc)), sys.executable, "-m", "gpuconv", *argv]
+def relaunch_command(mpiexec: str, nproc: int, argv: Sequence[str],
+                     module: str = "gpuconv") -> list[str]:
+    """``[mpiexec, -n, N, python, -m, gpuconv, *argv]`` (``argv`` without the program name;
+    ``module``: another module to run, e.g. the benchmark's worker)."""
+    return [mpiexec, "-n", str(int(nproc)), sys.executable, "-m", module, *argv]
 
 
 def child_environment(environ: "dict[str, str] | None" = None) -> dict[str, str]:
