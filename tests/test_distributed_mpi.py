@@ -278,3 +278,16 @@ def test_two_gpus_over_nccl_train_the_one_gpu_parameters(tmp_path):
     (r0, log0), (_, log1) = _rank(tmp_path / "two", 0), _rank(tmp_path / "two", 1)
     assert log0["backend"] == "nccl" and log0["checksum"] == log1["checksum"]
     assert _rel(_rank(tmp_path / "one", 0)[0], r0) < 1e-10
+
+
+def test_ranks_on_one_host_split_its_cpus_between_their_worker_threads():
+    """Two CPU ranks on one host run half the default worker threads each (one thread per
+    core for the job, not two); a user's GPUCONV_NUM_THREADS is kept."""
+    code = ("import json, gpuconv.distributed as d; from gpuconv.backend import threads; "
+            "c = d.init(device='cpu'); rows = c.allgather_object("
+            "[c.rank, c.local_size, threads.available_cpus(), threads.num_threads()]); "
+            "c.rank or print(json.dumps(rows))")
+    rows = json.loads(_run([sys.executable, "-c", code], ranks=2).stdout.strip().splitlines()[-1])
+    assert [r[0] for r in rows] == [0, 1]
+    for rank, local_size, cpus, workers in rows:
+        assert local_size == 2 and workers == max(1, cpus // 2)

@@ -23,6 +23,23 @@ def test_num_threads_from_the_environment(monkeypatch):
     assert threads.num_threads() >= 1
 
 
+def test_ranks_on_one_host_share_its_cpus(monkeypatch):
+    """N ranks of a CPU job on one host run cpus/N workers each (not N per core), unless
+    GPUCONV_NUM_THREADS says otherwise; distributed.init calls share_cpus(local_size)."""
+    monkeypatch.delenv("GPUCONV_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "available_cpus", lambda: 8)
+    monkeypatch.setattr(threads, "_processes_per_host", 1)
+    assert threads.num_threads() == 8
+    threads.share_cpus(2)
+    assert threads.num_threads() == 4
+    threads.share_cpus(16)
+    assert threads.num_threads() == 1
+    monkeypatch.setenv("GPUCONV_NUM_THREADS", "3")
+    assert threads.num_threads() == 3
+    with pytest.raises(ValueError, match="share_cpus"):
+        threads.share_cpus(0)
+
+
 def test_parallel_runs_every_worker_in_order_and_reraises(monkeypatch):
     monkeypatch.setenv("GPUCONV_NUM_THREADS", "3")
     seen = []

@@ -38,21 +38,38 @@ _pool_lock = threading.Lock()
 _blas_lock = threading.Lock()
 _blas: tuple | None = None  # (set_num_threads, get_num_threads) or () when unavailable
 _local = threading.local()  # in_parallel: a worker of parallel() (no nesting)
+_processes_per_host = 1  # data-parallel ranks sharing this host's CPUs (share_cpus)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def num_threads() -> int:
-    """Worker threads for chunked CPU work: ``GPUCONV_NUM_THREADS``, else the CPUs this
-    process may run on (at least 1)."""
+    """Worker threads for chunked CPU work: ``GPUCONV_NUM_THREADS``, else this process's
+    share of the CPUs it may run on (all of them, or 1/N of them for N ranks on one host:
+    :func:`share_cpus`), at least 1."""
     value = os.environ.get("GPUCONV_NUM_THREADS")
     if value:
         try:
             return max(1, int(value))
         except ValueError:
             raise ValueError(f"GPUCONV_NUM_THREADS must be an integer, got {value!r}") from None
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return max(1, available_cpus() // _processes_per_host)
+
+
+def share_cpus(processes: int) -> None:
+    """Say that ``processes`` gpuconv processes (data-parallel ranks) share this host's
+    CPUs, so that each runs ``1/processes`` of the default worker threads: N ranks with a
+    worker per core each would run N threads per core and thrash."""
+    global _processes_per_host
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"share_cpus: processes must be a positive int, got {processes!r}")
+    _processes_per_host = processes
 
 
 def _openblas() -> tuple:

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from ..backend import Device, get_device
+from ..backend.threads import share_cpus
 from .comm import Communicator, MPICommunicator, SingleProcess
 from .env import launched_world_size, threads_set_by_user
 from .faults import install_excepthook
@@ -106,6 +107,8 @@ def init(backend: str = "auto", device: "str | Device | None" = None) -> Communi
         comm = NCCLCommunicator(base, rank_dev)
     if rank_dev.kind == "cpu" and not threads_set_by_user():
         limit_blas_threads(1)
+    if rank_dev.kind == "cpu":  # the host's cores are shared by its ranks' worker threads
+        share_cpus(max(1, base.local_size))
     _world = comm
     return comm
 
