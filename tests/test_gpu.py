@@ -52,12 +52,19 @@ def test_seed_cnn_cpu_and_cuda_agree(dtype):
     cpu = seed_cnn(dtype)
     gpuconv.seed(1)
     gpu = seed_cnn(dtype)
+    cancelled = {f"{i}.bias" for i, (a, b) in enumerate(zip(cpu.layers, cpu.layers[1:]))
+                 if isinstance(a, Conv2D) and isinstance(b, BatchNorm2d)}
     for step in range(2):  # two steps: BN running statistics move
         y0, dx0, g0, b0 = forward_backward(cpu, x * (step + 1), dy, "cpu")
         y1, dx1, g1, b1 = forward_backward(gpu, x * (step + 1), dy, "cuda")
         close(y1, y0, dtype, f"step {step} forward")
         close(dx1, dx0, dtype, f"step {step} input gradient")
         for name in g0:
+            if name in cancelled and dtype == "float32":
+                # d(bias) of a conv feeding a training-mode BatchNorm is exactly 0: float32
+                # leaves roundoff that changes with the summation order; near 0 on both
+                assert numpy.abs(g1[name]).max() <= 4 * numpy.abs(g0[name]).max() + 1e-6, name
+                continue
             close(g1[name], g0[name], dtype, f"step {step} gradient of {name}")
         for name in b0:
             close(b1[name], b0[name], dtype, f"step {step} buffer {name}")
