@@ -72,37 +72,57 @@ def share_cpus(processes: int) -> None:
     _processes_per_host = processes
 
 
+def loaded_openblas() -> list[str]:
+    """Paths of the OpenBLAS shared libraries mapped into this process (Linux; else [])."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {fields[-1] for fields in map(str.split, maps)
+                     if len(fields) >= 6 and "openblas" in fields[-1].lower()}
+    except OSError:  # not Linux: no way to find it without a dependency
+        return []
+    return sorted(p for p in paths if os.path.isabs(p) and ".so" in p)
+
+
+def _thread_functions(path: str) -> tuple:
+    """``(set, get)`` thread-count functions of one OpenBLAS library, or ().
+
+    OpenBLAS exports them under its symbol prefix: NumPy's wheels bundle
+    scipy-openblas with a ``scipy_`` prefix and a ``64_`` suffix for 64-bit ints.
+    """
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return ()
+    for prefix in ("scipy_openblas", "openblas"):
+        for suffix in ("64_", ""):
+            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                getter.argtypes, getter.restype = [], ctypes.c_int
+                return setter, getter
+    return ()
+
+
 def _openblas() -> tuple:
-    """``(set, get)`` thread-count functions of the OpenBLAS this process loaded, or ()."""
+    """``(set, get)`` thread-count functions of the (first) OpenBLAS this process loaded,
+    or ()."""
     global _blas
     if _blas is None:
-        found: tuple = ()
-        try:
-            with open("/proc/self/maps") as maps:
-                paths = sorted({fields[-1] for fields in map(str.split, maps)
-                                if len(fields) >= 6 and "openblas" in fields[-1].lower()})
-        except OSError:  # not Linux: no way to find it without a dependency
-            paths = []
-        for path in paths:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for prefix in ("scipy_openblas", "openblas"):
-                for suffix in ("64_", ""):
-                    setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                    getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                    if setter is not None and getter is not None:
-                        setter.argtypes, setter.restype = [ctypes.c_int], None
-                        getter.argtypes, getter.restype = [], ctypes.c_int
-                        found = (setter, getter)
-                        break
-                if found:
-                    break
-            if found:
-                break
-        _blas = found
+        _blas = next((found for found in map(_thread_functions, loaded_openblas()) if found), ())
     return _blas
+
+
+def limit_blas_threads(threads: int = 1) -> int:
+    """Set every loaded OpenBLAS to ``threads`` threads (its own setter: the thread
+    variables are read only when NumPy loads its BLAS); returns how many libraries took
+    the setting (0 where none was found: MKL/Accelerate builds, non-Linux)."""
+    done = 0
+    for found in map(_thread_functions, loaded_openblas()):
+        if found:
+            found[0](int(threads))
+            done += 1
+    return done
 
 
 def parallel_ok(uses_blas: bool = False) -> bool:
