@@ -149,7 +149,7 @@ PRESET_HELP: dict[str, str] = {
     "resnet-small": "309k params; accuracy not measured; ~18 min/epoch",
     # docs/cifar10-airbench-cpu: --recipe airbench --width 0.5, 88.56 % with TTA after 9.9
     # epochs, 3484 s of training (a busy VM); width 1.0 not measured
-    "airbench": "1.97M params; recipe at width 0.5: 88.6% test; 350 s/epoch",
+    "airbench": "1.97M params; recipe at width 0.5: 88.5% test; 136 s/epoch",
 }
 PRESET_HELP_NOTE = ("per epoch: 45,000 training + 5,000 validation images, batch 128, on a "
                     "2-core Xeon VM like that of docs/bench-cpu.json")
