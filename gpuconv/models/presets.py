@@ -147,8 +147,8 @@ PRESET_HELP: dict[str, str] = {
     # ones), scaled to 45,000: 268 and 41 training images/s; accuracy not measured
     "tiny-cnn": "25.6k params; accuracy not measured; ~170 s/epoch",
     "resnet-small": "309k params; accuracy not measured; ~18 min/epoch",
-    # docs/cifar10-airbench-cpu: --recipe airbench --width 0.5, 88.56 % with TTA after 9.9
-    # epochs, 3484 s of training (a busy VM); width 1.0 not measured
+    # docs/cifar10-airbench-cpu: --recipe airbench --width 0.5, 88.53 % with TTA after 9.9
+    # epochs, 1356 s of training (commit 33f3092); width 1.0 not measured
     "airbench": "1.97M params; recipe at width 0.5: 88.5% test; 136 s/epoch",
 }
 PRESET_HELP_NOTE = ("per epoch: 45,000 training + 5,000 validation images, batch 128, on a "
