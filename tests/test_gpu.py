@@ -14,7 +14,7 @@ from gpuconv.backend import (cuda_is_available, cuda_unavailable_reason, device_
                              to_numpy)
 from gpuconv.containers import Sequential
 from gpuconv.layers import BatchNorm2d, Conv2D, Dense, Dropout, Flatten, ReLU
-from layer_checks import CASE_IDS, CASES, make_input, make_layer, seed_cnn
+from layer_checks import CASES, make_input, make_layer, seed_cnn
 
 pytestmark = [
     pytest.mark.gpu,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from ..backend import (cuda_is_available, cuda_unavailable_reason, get_device, keep_freed_memory,
@@ -32,7 +32,7 @@ from .machine import busy_note, machine_info
 from .nproc import run_ranks
 from .peak import measure_sgemm_peak
 from .reference import Reference, load_reference
-from .rows import SCHEMA, add_ratios, describe_error, prepare, result_row
+from .rows import SCHEMA, add_ratios, describe_error, prepare, report, result_row
 from .timing import CpuTimer, cupy_event_timer
 from .workloads import Workload, all_workloads, make_inputs, runs_on, select
 
@@ -241,21 +241,8 @@ def run(config: BenchConfig, log: Callable[[str], None] = _stderr) -> dict[str, 
             results = _measure_all(config, workloads, devices, groups, peaks, log)
     finally:
         gc.unfreeze()
-    return {
-        "schema": SCHEMA,
-        "created": machine["date"],
-        "command": " ".join(config.command),
-        "argv": list(config.command),
-        "settings": {**{k: (list(v) if isinstance(v, (tuple, list)) else v)
-                        for k, v in asdict(config).items() if k != "command"},
-                     "devices": devices},
-        "machine": machine,
-        "torch": torch_info,
-        "reference": {"available": reference.available, "path": reference.path,
-                      "note": reference.note or None},
-        "peaks": peaks,
-        "workloads": [w.to_json() for w in workloads],
-        "results": results,
-        "notes": notes,
-        "elapsed_s": time.perf_counter() - started,
-    }
+    return report(config, machine, torch_info,
+                  {"available": reference.available, "path": reference.path,
+                   "note": reference.note or None},
+                  peaks, workloads, results, notes, time.perf_counter() - started,
+                  devices=devices)

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +38,7 @@ from ..distributed.launch import child_environment, relaunch_command
 from .cases import Backend
 from .machine import busy_note, machine_info
 from .reference import candidate_paths
-from .rows import SCHEMA, Prepared, add_ratios, result_row
+from .rows import Prepared, add_ratios, report, result_row
 from .steps import TRAIN_WORKLOAD, ranks_backend_name, train_workload
 from .workloads import select
 
@@ -217,21 +216,8 @@ def run_ranks(config: Any, log: Callable[[str], None]) -> dict[str, Any]:
                             and not result.get("error") else "error")
                     log(f"[{done}/{total}] {TRAIN_WORKLOAD} batch {batch} {name}: {what}")
             results.extend(_rows(batch, runs))
-    return {
-        "schema": SCHEMA,
-        "created": machine["date"],
-        "command": " ".join(config.command),
-        "argv": list(config.command),
-        "settings": {**{k: (list(v) if isinstance(v, (tuple, list)) else v)
-                        for k, v in asdict(config).items() if k != "command"},
-                     "devices": ["cpu"], "world_size": n},
-        "machine": machine,
-        "torch": torch_info,
-        "reference": {"available": torch_info is not None, "path": reference,
-                      "note": next((x for x in notes if "PyTorch" in x), None)},
-        "peaks": {},
-        "workloads": [train_workload().to_json()],
-        "results": results,
-        "notes": notes,
-        "elapsed_s": time.perf_counter() - started,
-    }
+    return report(config, machine, torch_info,
+                  {"available": torch_info is not None, "path": reference,
+                   "note": next((x for x in notes if "PyTorch" in x), None)},
+                  {}, [train_workload()], results, notes, time.perf_counter() - started,
+                  devices=["cpu"], world_size=n)

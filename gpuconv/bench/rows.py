@@ -2,7 +2,7 @@
 summarised (median, range, images/s, GFLOP/s) in the row format of the JSON report."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .cases import Backend, Case
@@ -101,3 +101,26 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                     and r["median_ms"] is not None), None)
         if ref is not None:
             row["ratio_vs_torch"] = ref["median_ms"] / row["median_ms"]
+
+
+def report(config: Any, machine: dict, torch_info: Any, reference: dict, peaks: dict,
+           workloads: list[Workload], results: list[dict], notes: list[str], elapsed_s: float,
+           **settings: Any) -> dict[str, Any]:
+    """The JSON report of a bench run: ``config`` (a dataclass with ``command``) and
+    ``settings`` (extra entries, e.g. ``devices``) as its settings, then the rest as given."""
+    return {
+        "schema": SCHEMA,
+        "created": machine["date"],
+        "command": " ".join(config.command),
+        "argv": list(config.command),
+        "settings": {**{k: (list(v) if isinstance(v, (tuple, list)) else v)
+                        for k, v in asdict(config).items() if k != "command"}, **settings},
+        "machine": machine,
+        "torch": torch_info,
+        "reference": reference,
+        "peaks": peaks,
+        "workloads": [w.to_json() for w in workloads],
+        "results": results,
+        "notes": notes,
+        "elapsed_s": elapsed_s,
+    }

@@ -54,7 +54,7 @@ from ..training.console import terminal_width, wrap_text
 from ..training.interrupts import TrainingInterrupted, forward_to_sigint
 from ..optim import SGD, Adam, AdamW, RMSprop
 from ..optim import lr_scheduler as sched
-from ..io.checkpoint import load_checkpoint, restore_model
+from ..io.checkpoint import restore_model
 from ..models import load_model
 from ..training.summary import count_parameters
 from . import argtypes

@@ -26,7 +26,7 @@ Definitions (``w`` runs over the selected parameters' elements):
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Union
 
 from ..backend import Array, device_context_of, get_array_module
 from ..layers.base import Parameter
