@@ -157,6 +157,10 @@ CASES = [
      ["--batch-size", ">= 1"]),
     ("top-k-0", ["predict", "{ws}/run", "{ws}/good.npy", "--top-k", "0"], None, None,
      ["--top-k", ">= 1"]),
+    # refused before the benchmark runs, not after it
+    ("bench-json-read-only", ["bench", "--tiny", "--no-torch", "--device", "cpu", "--workloads",
+                              "seed-cnn", "--json", "{ws}/readonly/bench.json"],
+     None, "readonly", ["--json", "readonly", "read-only file system"]),
     ("bench-cooldown-inf", ["bench", "--cooldown", "inf"], None, None, ["--cooldown"]),
     ("amp-on-cpu", ["train", "--amp", "--data-dir", "{ws}/data", "--out", "{ws}/new", *BASE],
      None, None, ["--amp", "--device cuda"]),
