@@ -7,6 +7,7 @@ copies) whose every file is hashed before and after each command.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -73,6 +74,9 @@ def ws(tmp_path_factory) -> Path:
     nan[0, 0, 0] = numpy.nan
     numpy.save(ws / "nan.npy", nan)
     numpy.save(ws / "good.npy", pixels.astype(numpy.uint8))
+    (ws / "random.npy").write_bytes(numpy.random.default_rng(3).bytes(4096))
+    shutil.copyfile(ws / "run" / "model.npz", ws / "archive.npy")
+    numpy.savez(ws / "objects_model.npz", a=numpy.array([{"x": 1}], dtype=object))
     (ws / "a_folder").mkdir()
     (ws / "empty").mkdir()
     (ws / "readonly").mkdir()
@@ -153,6 +157,10 @@ CASES = [
      ["--batch-size", ">= 1"]),
     ("top-k-0", ["predict", "{ws}/run", "{ws}/good.npy", "--top-k", "0"], None, None,
      ["--top-k", ">= 1"]),
+    # refused before the benchmark runs, not after it
+    ("bench-json-read-only", ["bench", "--tiny", "--no-torch", "--device", "cpu", "--workloads",
+                              "seed-cnn", "--json", "{ws}/readonly/bench.json"],
+     None, "readonly", ["--json", "readonly", "read-only file system"]),
     ("bench-cooldown-inf", ["bench", "--cooldown", "inf"], None, None, ["--cooldown"]),
     ("amp-on-cpu", ["train", "--amp", "--data-dir", "{ws}/data", "--out", "{ws}/new", *BASE],
      None, None, ["--amp", "--device cuda"]),
@@ -164,6 +172,18 @@ CASES = [
      ["float255.npy", "[0, 1]", "divide by 255"]),
     ("predict-nan", ["predict", "{ws}/run", "{ws}/nan.npy"], None, None,
      ["nan.npy", "NaN"]),
+    # NumPy would advise allow_pickle=True for random bytes and return an .npz as a mapping
+    ("predict-random-npy", ["predict", "{ws}/run", "{ws}/random.npy"], None, None,
+     ["random.npy", "not a .npy array file"]),
+    ("predict-npz-as-npy", ["predict", "{ws}/run", "{ws}/archive.npy"], None, None,
+     ["archive.npy", "an .npz archive"]),
+    ("object-array-model", ["evaluate", "{ws}/objects_model.npz", "--data-dir", "{ws}/data"],
+     None, None, ["objects_model.npz", "not a gpuconv model file"]),
+    ("width-without-multiplier", ["train", "--width", "2", "--data-dir", "{ws}/data", "--out",
+                                  "{ws}/new", *BASE], None, None,
+     ["--width 2", "tiny-cnn", "no width multiplier"]),
+    ("seed-too-large", ["train", "--seed", "4294967296", *BASE], None, None,
+     ["--seed", "<= 4294967295"]),
     ("evaluate-missing-data", ["evaluate", "{ws}/run", "--data-dir", "{ws}/empty"], None, None,
      ["CIFAR-10 not found", "empty", "--download"]),
     ("device-bogus", ["predict", "{ws}/run", "{ws}/good.npy", "--device", "tpu"], None, None,
@@ -260,6 +280,47 @@ def test_a_diverging_run_names_the_flag(ws, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "non-finite training loss" in err and "--lr" in err and "nan_policy" not in err
+
+
+def _disk_full(monkeypatch) -> None:
+    """Every file write fails as on a full disk: ENOSPC at fsync, naming no file (a
+    full disk's write() and close() name none either)."""
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_full_disk_is_one_message_naming_the_file(ws, tmp_path, monkeypatch, capsys,
+                                                    command):
+    out = tmp_path / "out"
+    args = (["train", "--data-dir", str(ws / "data"), "--epochs", "1", *BASE]
+            if command == "train" else ["evaluate", str(ws / "run"), "--data-dir",
+                                        str(ws / "data")])
+    _disk_full(monkeypatch)
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"gpuconv {command}: error: --out {out}: cannot write there ("
+                                f"{out}{os.sep}"), err
+    assert "no space left on device" in lines[-1] and "free some space" in lines[-1]
+    assert "Traceback" not in err and ".tmp" not in err
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_plots_are_written_atomically_and_name_their_file(tmp_path, monkeypatch):
+    from gpuconv.cli.report import matplotlib_available, plot_confusion  # noqa: PLC0415
+
+    if not matplotlib_available():
+        pytest.skip("matplotlib is not installed")
+    path = tmp_path / "confusion.png"
+    path.write_bytes(b"old")
+    _disk_full(monkeypatch)
+    with pytest.raises(OSError) as info:
+        plot_confusion([[1, 0], [0, 1]], ["a", "b"], path)
+    assert info.value.filename == str(path)
+    assert path.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [path]
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,

@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 from ..cli import argtypes
-from ..cli.errors import CLIError
+from ..cli.errors import CLIError, check_writable_folder
 from ..training.console import terminal_width, wrap_text
 from .harness import DEVICE_CHOICES, BenchConfig, run
 from .nproc import DEFAULT_BATCH
@@ -156,6 +156,11 @@ def run_command(args: argparse.Namespace) -> int:
             for w in select(all_workloads(config.tiny), config.workloads):
                 print(wrap_text(f"{w.name:32s} {w.description}", width, " " * 33))
             return 0
+        json_path = args.json or default_json_path()
+        # before the benchmark, not after its minutes of work
+        check_writable_folder(os.path.dirname(os.path.abspath(json_path)), "--json")
+        if args.png:
+            check_writable_folder(os.path.dirname(os.path.abspath(args.png)), "--png")
         report = run(config)
     except (ValueError, RuntimeError, argparse.ArgumentTypeError, CLIError) as exc:
         print(f"gpuconv bench: error: {exc}", file=sys.stderr)
@@ -164,7 +169,7 @@ def run_command(args: argparse.Namespace) -> int:
     print(format_table(report["results"], width))
     for note in report["notes"]:
         print(wrap_text(f"note: {note}", width))
-    json_path = write_json(args.json or default_json_path(), report)
+    json_path = write_json(json_path, report)
     print(wrap_text(f"results written to {json_path}", width))
     if args.png:
         problem = write_png(args.png, report)

@@ -23,11 +23,14 @@ SEED_MAX = 2 ** 32 - 1
 
 def _bound_text(low: "float | None", high: "float | None", low_open: bool,
                 high_open: bool) -> str:
+    def text(bound: float) -> str:  # an int bound in full: 4294967295, not 4.29497e+09
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
     parts = []
     if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
+        parts.append(f"{'>' if low_open else '>='} {text(low)}")
     if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high:g}")
+        parts.append(f"{'<' if high_open else '<='} {text(high)}")
     return " and ".join(parts)
 
 

@@ -116,8 +116,11 @@ def writing_to(folder: "str | os.PathLike", flag: str) -> Iterator[None]:
         names = [n for n in (exc.filename, exc.filename2) if n is not None]
         if not any(_related(n, folder) for n in names):
             raise
+        full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        advice = ("free some space there or choose another folder" if full
+                  else "choose a folder you can write to")
         raise CLIError(f"{flag} {folder}: cannot write there ({os_error_message(exc)}); "
-                       f"choose a folder you can write to") from exc
+                       f"{advice}") from exc
 
 
 def check_writable_folder(folder: "str | os.PathLike", flag: str) -> None:

@@ -135,6 +135,32 @@ def _resize(chw: numpy.ndarray, size: tuple[int, int], where: str,
     return numpy.asarray(img, dtype=numpy.float64).transpose(2, 0, 1) / 255.0
 
 
+def _read_npy(path: Path) -> numpy.ndarray:
+    """A ``.npy`` file's array, read without unpickling; CLIError naming the file for
+    anything else (NumPy would advise loading a random or pickled file with
+    ``allow_pickle=True``, and return an .npz archive as a mapping)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        found = ("an .npz archive" if magic.startswith(b"PK") else
+                 "a Python pickle; it was not unpickled" if magic[:1] == b"\x80" else
+                 "an empty file" if not magic else "unknown content")
+        raise CLIError(f"{path}: not a .npy array file ({found}); give .npy arrays or "
+                       "PNG/JPEG images")
+    try:
+        array = numpy.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickle" in str(exc):
+            raise CLIError(f"{path}: holds Python objects, not pixel values; refused (not "
+                           "unpickled)") from None
+        raise CLIError(f"{path}: not a readable .npy array ({exc})") from None
+    except OSError as exc:
+        raise CLIError(f"{path}: not a readable .npy array ({exc})") from None
+    if not isinstance(array, numpy.ndarray):
+        raise CLIError(f"{path}: not a .npy array file")
+    return array
+
+
 def _check_input(path: Path) -> None:
     if path.is_dir():
         raise CLIError(f"{path}: is a folder; give image files or .npy arrays")
@@ -160,10 +186,7 @@ def load_images(paths: list[str], size: tuple[int, int] = (32, 32),
         _check_input(path)
         suffix = path.suffix.lower()
         if suffix == ".npy":
-            try:
-                array = numpy.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise CLIError(f"{path}: not a readable .npy array ({exc})") from None
+            array = _read_npy(path)
             if array.ndim == 4:
                 for i, item in enumerate(array):
                     key = f"{name}[{i}]"

@@ -7,6 +7,7 @@ are skipped.
 """
 from __future__ import annotations
 
+import io
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy
 
 from ..backend import to_numpy
+from ..io.atomic import atomic_write
 from ..metrics import classification_report, confusion_matrix, precision_recall_f1
 from ..training.console import DEFAULT_WIDTH, wrap_text
 from ..training.modes import evaluating
@@ -143,6 +145,14 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _save(fig: Any, path: "str | os.PathLike") -> None:
+    """Render ``fig`` as PNG in memory, then write it atomically (never a half-written
+    plot; an OSError, e.g. a full disk, names ``path``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
 def plot_history(rows: Sequence[dict], path: "str | os.PathLike") -> bool:
     """Learning curves (loss and accuracy, train vs val, and lr) as a PNG; False
     when matplotlib is missing or there is nothing to plot."""
@@ -174,7 +184,7 @@ def plot_history(rows: Sequence[dict], path: "str | os.PathLike") -> bool:
     axes[2].set_xlabel("epoch")
     axes[2].grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.fspath(path))
+    _save(fig, path)
     return True
 
 
@@ -202,7 +212,7 @@ def plot_confusion(cm: Sequence[Sequence[int]], class_names: Sequence[str],
             ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
                     color="white" if cm[i, j] > threshold else "black")
     fig.tight_layout()
-    fig.savefig(os.fspath(path))
+    _save(fig, path)
     return True
 
 

@@ -65,7 +65,7 @@ from .common import (AUGMENT_CHOICES, CIFAR10_MEAN, CIFAR10_STD, DEVICE_ENV, CLI
                      split_indices)
 from .errors import check_writable_folder, without_path, writing_to
 from ..models.presets import (DEFAULT_PRESET, INPUT_SHAPE, PRESET_HELP, PRESET_HELP_NOTE, PRESETS,
-                              build_preset)
+                              WIDTH_PRESETS, build_preset)
 from .recipe import AIRBENCH_SETTINGS, RECIPES, airbench_run, recipe_settings
 from .report import build_report, collect_logits, format_report, write_plots
 
@@ -319,6 +319,10 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], Path, di
         given["device"] = device_spec(None)[0]
     if args.resume is None:
         settings = recipe_settings(DEFAULTS, given)
+        if settings["width"] != 1.0 and settings["model"] not in WIDTH_PRESETS:
+            raise CLIError(f"--width {settings['width']:g}: the {settings['model']} preset has no "
+                           f"width multiplier (only {', '.join(WIDTH_PRESETS)} has one); drop "
+                           "--width")
         if settings["data_dir"] is not None:
             settings["data_dir"] = str(Path(settings["data_dir"]).expanduser().resolve())
         out = Path(args.out) if args.out else rd.default_run_dir(settings["model"])

@@ -12,7 +12,8 @@ partial write. Behaviour, the same for every caller:
 * the directory is fsync'ed after the rename, best effort (so the rename
   itself is durable where the OS allows it);
 * on any error (including KeyboardInterrupt) the temporary file is removed
-  and the destination is left untouched.
+  and the destination is left untouched; an OSError then names the
+  destination (a write to a full disk raises one that names no file).
 """
 from __future__ import annotations
 
@@ -56,8 +57,12 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[BinaryIO], None]) -
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=directory)
+    except OSError as exc:
+        _name_destination(exc, path)
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -65,13 +70,24 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[BinaryIO], None]) -
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            _name_destination(exc, path)
         raise
     _fsync_directory(directory)
+
+
+def _name_destination(exc: OSError, path: str) -> None:
+    """Make an OSError of :func:`atomic_write` name ``path``: a failed write (a full
+    disk: ENOSPC) carries no file name, and one about the temporary file would name
+    a file the caller never asked for."""
+    name = None if exc.filename is None else os.fsdecode(exc.filename)
+    if name is None or os.path.basename(name).startswith("." + os.path.basename(path) + "."):
+        exc.filename, exc.filename2 = path, None
 
 
 def atomic_write_text(path: "str | os.PathLike", text: str) -> None:

@@ -112,6 +112,10 @@ def read_npz(path: "str | os.PathLike", what: str = "archive") -> dict[str, nump
             try:
                 value = archive[key]
             except ValueError as exc:  # object arrays need pickle: refused
+                if "allow_pickle" in str(exc):  # NumPy's words advise unpickling it
+                    raise ValueError(f"{path}: entry {key!r} holds Python objects (a "
+                                     f"pickle), refused (not unpickled); not a gpuconv "
+                                     f"{what} file") from None
                 raise ValueError(f"{path}: entry {key!r} refused: {exc}") from None
             except (OSError, EOFError, zipfile.BadZipFile) as exc:
                 raise ValueError(f"{path}: entry {key!r} is unreadable "

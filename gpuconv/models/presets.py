@@ -141,18 +141,24 @@ DEFAULT_PRESET = "seed-cnn"
 # for what nobody has measured. A new preset adds its line here (tests/test_output_width.py
 # checks that every preset has one, with its true parameter count, and that it fits).
 PRESET_HELP: dict[str, str] = {
-    # docs/cifar10-seed-cnn-45ep: 75.05 % test after 45 cosine epochs, median epoch 134 s
-    "seed-cnn": "1.28M params; 75% test acc. after 45 epochs; ~135 s/epoch",
-    # one short epoch on real CIFAR-10 (7,680 / 3,840 training images + the 5,000 validation
-    # ones), scaled to 45,000: 268 and 41 training images/s; accuracy not measured
-    "tiny-cnn": "25.6k params; accuracy not measured; ~170 s/epoch",
-    "resnet-small": "309k params; accuracy not measured; ~18 min/epoch",
-    # docs/cifar10-airbench-cpu: --recipe airbench --width 0.5, 88.53 % with TTA after 9.9
-    # epochs, 1356 s of training (commit 33f3092); width 1.0 not measured
+    # docs/cifar10-seed-cnn-45ep: 75.05 % test after 45 cosine epochs (median epoch 134 s
+    # at that commit). Epoch times of seed-cnn, tiny-cnn and resnet-small: commit f3a67dd,
+    # GPUCONV_NUM_THREADS=1 on the 2-core VM while other jobs ran (load average 3):
+    # `gpuconv train --epochs 1 --model M` took 85 s (seed-cnn) and 22 s (tiny-cnn) for
+    # 45,000 + 5,000 images; resnet-small trained 144 images/s (--limit 9000), 45,000 in
+    # ~5.2 min + 11 s of validation
+    "seed-cnn": "1.28M params; 75% test acc. after 45 epochs; ~85 s/epoch",
+    # `gpuconv train --model tiny-cnn --epochs 10` (defaults otherwise), same machine:
+    # 65.92 % test, epochs of 21-25 s
+    "tiny-cnn": "25.6k params; 66% test acc. after 10 epochs; ~22 s/epoch",
+    "resnet-small": "309k params; accuracy not measured; ~5.5 min/epoch",
+    # docs/cifar10-airbench-cpu: --recipe airbench --width 0.5 (its own recipe: 50,000
+    # images, batch 1024), 88.53 % with TTA after 9.9 epochs, 1356 s of training (33f3092)
     "airbench": "1.97M params; recipe at width 0.5: 88.5% test; 136 s/epoch",
 }
-PRESET_HELP_NOTE = ("per epoch: 45,000 training + 5,000 validation images, batch 128, on a "
-                    "2-core Xeon VM like that of docs/bench-cpu.json")
+PRESET_HELP_NOTE = ("per epoch: 45,000 training + 5,000 validation images, batch 128 "
+                    "(airbench: its recipe's 50,000 at batch 1024), on a 2-core Xeon VM "
+                    "like that of docs/bench-cpu.json")
 
 
 def build_preset(name: str, num_classes: int = 10, dtype: str = "float32",
