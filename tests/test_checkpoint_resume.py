@@ -11,7 +11,7 @@ import numpy
 import pytest
 
 import gpuconv
-from gpuconv.backend import to_numpy
+from gpuconv.backend import to_device, to_numpy
 from gpuconv.io.checkpoint import load_checkpoint, save_checkpoint
 from gpuconv.training.interrupts import TrainingInterrupted
 from gpuconv.io.npzfile import read_npz
@@ -173,9 +173,21 @@ def test_resume_on_another_device(tmp_path):
     on_fake = ns["build"](0, device="fakecupy", dropout=0.0)
     ns["train"](on_fake, 2, resume_from=tmp_path / "c.npz")
     got, expected = weights(on_fake[0]), weights(straight[0])
+    # "0.bias" feeds a training-mode BatchNorm, which takes the mean out: its gradient is
+    # exactly 0 and float32 leaves roundoff that depends on the summation order (another on
+    # the device), which Adam scales up to steps of the lr. It moves the BatchNorm's running
+    # mean along with it and changes the function only through their difference, so those
+    # two are compared through the eval-mode outputs instead
     for key in expected:
+        if key in ("0.bias", "1.running_mean"):
+            continue
         numpy.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-6,
                                       err_msg=key)
+    x = numpy.random.default_rng(5).normal(size=(32, 1, 8, 8)).astype(numpy.float32)
+    for model in (on_fake[0], straight[0]):
+        model.eval()
+    numpy.testing.assert_allclose(to_numpy(on_fake[0].forward(to_device(x, "fakecupy"))),
+                                  to_numpy(straight[0].forward(x)), rtol=1e-2, atol=1e-2)
 
 
 def test_resume_with_dropout_on_a_device_is_bit_identical(tmp_path):
