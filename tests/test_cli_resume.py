@@ -102,14 +102,19 @@ def test_ctrl_c_mid_epoch_then_resume_equals_the_uninterrupted_run(cifar_dir, st
     assert_same_run(out, straight)
 
 
-def test_sigterm_at_any_moment_then_resume_is_exact(cifar_dir, straight, tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_at_any_moment_then_resume_is_exact(cifar_dir, straight, tmp_path, sigint):
     """A real SIGTERM to a real process, whenever it lands in training: the checkpoint is
-    that of a step boundary, and the resumed run equals the uninterrupted one."""
+    that of a step boundary, and the resumed run equals the uninterrupted one. Also where
+    SIGINT is ignored (started with ``&`` from a script, or under ``nohup``): SIGTERM is
+    then the only graceful stop and must not turn into a stop without a checkpoint."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "gpuconv", "train", "--data-dir", str(cifar_dir),
                "--epochs", "3", "--out", str(out), *BASE]
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint == "ignored" \
+        else None
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
     try:
         deadline = time.monotonic() + 90
         while not (out / "checkpoint.npz").exists() and time.monotonic() < deadline:

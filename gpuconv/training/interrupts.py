@@ -14,8 +14,11 @@ A second signal before that boundary is reached raises KeyboardInterrupt at
 once (the way out of a step that takes too long); nothing is saved then and
 the last periodic/epoch checkpoint stays the latest.
 
-Other signals join by forwarding to the current SIGINT handler, which is
-what ``gpuconv train`` does for SIGTERM (:func:`forward_to_sigint`).
+Other signals join through :func:`forward_to_sigint`, which is what
+``gpuconv train`` does for SIGTERM: a stop request while ``StopRequests`` is
+active -- also where SIGINT is ignored (a job started in the background or
+under ``nohup``, where SIGTERM is the only way to stop it gracefully) -- and
+otherwise whatever SIGINT does.
 Outside the main thread signal handlers cannot be installed; there, only
 callbacks can ask for a stop (by raising KeyboardInterrupt in
 ``on_batch_end``/``on_epoch_end``, see :mod:`gpuconv.training.callbacks`).
@@ -28,6 +31,8 @@ from types import FrameType
 from typing import Callable
 
 __all__ = ["TrainingInterrupted", "StopRequests", "forward_to_sigint"]
+
+_active: "StopRequests | None" = None  # the innermost active StopRequests (main thread)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -70,9 +75,12 @@ class StopRequests:
         self.notify = notify
         self._previous = None
         self._installed = False
+        self._outer: "StopRequests | None" = None
 
     def __enter__(self) -> "StopRequests":
+        global _active
         if threading.current_thread() is threading.main_thread():
+            self._outer, _active = _active, self  # forwarded signals (SIGTERM) come here
             current = signal.getsignal(signal.SIGINT)
             if current is not signal.SIG_IGN:
                 self._previous = current
@@ -81,6 +89,9 @@ class StopRequests:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        global _active
+        if _active is self:
+            _active = self._outer
         if self._installed:
             signal.signal(signal.SIGINT, self._previous)
             self._installed = False
@@ -100,8 +111,12 @@ class StopRequests:
 
 
 def forward_to_sigint(signum: int, frame: FrameType | None) -> None:
-    """A signal handler doing what SIGINT does now: inside ``fit`` a stop request,
-    elsewhere (with Python's default handler) a KeyboardInterrupt."""
+    """A signal handler asking ``fit`` to stop at the next step boundary while it runs
+    (even where SIGINT itself is ignored), elsewhere doing what SIGINT does (with
+    Python's default handler a KeyboardInterrupt)."""
+    if _active is not None:
+        _active._handle(signum, frame)
+        return
     current = signal.getsignal(signal.SIGINT)
     if callable(current):
         current(signum, frame)
