@@ -282,6 +282,18 @@ def test_a_diverging_run_names_the_flag(ws, tmp_path, capsys):
     assert "non-finite training loss" in err and "--lr" in err and "nan_policy" not in err
 
 
+def test_a_diverging_run_prints_no_numpy_warnings(ws, tmp_path):
+    """The overflows before the loss turns NaN do not bury gpuconv's message under
+    NumPy's RuntimeWarnings (two ops threads: the filter holds in the workers too)."""
+    proc = run_cli(["train", "--data-dir", "{ws}/data", "--out", str(tmp_path / "r"),
+                    "--optimizer", "sgd", "--lr", "1e30", "--epochs", "2", *BASE], ws,
+                   {"GPUCONV_NUM_THREADS": "2"})
+    err = proc.stderr
+    assert proc.returncode == 2, err
+    assert "RuntimeWarning" not in err and "encountered" not in err, err
+    assert err.startswith("gpuconv train: error: training failed: non-finite training loss")
+
+
 def _disk_full(monkeypatch) -> None:
     """Every file write fails as on a full disk: ENOSPC at fsync, naming no file (a
     full disk's write() and close() name none either)."""

@@ -19,6 +19,7 @@ import errno
 import os
 import pickle
 import traceback
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -26,7 +27,7 @@ from ..data.datasets import CorruptDatasetError, DatasetNotFoundError
 
 __all__ = ["CLIError", "user_error_message", "debug_enabled", "print_traceback",
            "writing_to", "one_line", "without_path", "check_writable_folder",
-           "ENVIRONMENT_ERRNOS"]
+           "ENVIRONMENT_ERRNOS", "no_float_warnings"]
 
 #: OSError numbers that describe the user's environment, not a bug: a read-only
 #: or full file system, missing permissions, a path that is a file or a folder
@@ -38,6 +39,27 @@ ENVIRONMENT_ERRNOS = frozenset(
         "EROFS", "EACCES", "EPERM", "ENOSPC", "EDQUOT", "ENOTDIR", "EISDIR", "ENAMETOOLONG",
         "EFBIG", "EIO")
     if hasattr(errno, name))
+
+
+#: NumPy's floating-point RuntimeWarnings ("overflow encountered in matmul",
+#: "invalid value encountered in ..."); see :func:`no_float_warnings`.
+FLOAT_WARNINGS = r"(overflow|invalid value|divide by zero|underflow) encountered"
+
+
+@contextlib.contextmanager
+def no_float_warnings() -> Iterator[None]:
+    """Silence NumPy's floating-point RuntimeWarnings for the duration of a command.
+
+    A diverging training run overflows in matmuls before its loss turns NaN;
+    gpuconv detects the non-finite loss and says what to change, so NumPy's
+    warnings (a line of source each, from the worker threads too) would only
+    bury that message. ``warnings.catch_warnings`` rather than
+    ``numpy.errstate``: the filter holds in every thread of the process (errstate
+    is per thread), and CuPy, which has no errstate, never emits these.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=FLOAT_WARNINGS, category=RuntimeWarning)
+        yield
 
 
 class CLIError(Exception):

@@ -63,7 +63,7 @@ from . import run_dir as rd
 from .common import (AUGMENT_CHOICES, CIFAR10_MEAN, CIFAR10_STD, DEVICE_ENV, CLIError,
                      build_augment, device_spec, eprint, load_cifar10, resolve_device,
                      split_indices)
-from .errors import check_writable_folder, without_path, writing_to
+from .errors import check_writable_folder, no_float_warnings, without_path, writing_to
 from ..models.presets import (DEFAULT_PRESET, INPUT_SHAPE, PRESET_HELP, PRESET_HELP_NOTE, PRESETS,
                               WIDTH_PRESETS, build_preset)
 from .recipe import AIRBENCH_SETTINGS, RECIPES, airbench_run, recipe_settings
@@ -583,6 +583,11 @@ def run(args: argparse.Namespace) -> int:
     here, then relaunches under mpiexec; under MPI every rank runs :func:`_rank`
     (see :mod:`gpuconv.cli.parallel`)."""
     run_start = time.perf_counter()
+    with no_float_warnings():  # a diverging run: gpuconv's message, not NumPy's warnings
+        return _run(args, run_start)
+
+
+def _run(args: argparse.Namespace, run_start: float) -> int:
     if parallel.relaunch_wanted(args):
         settings, out, previous = resolve_settings(args)  # user errors before any launch
         check_writable_folder(out, "--out" if previous is None else "--resume")
