@@ -223,6 +223,22 @@ def test_user_error_is_one_line_exit_2_and_writes_nothing(ws, case, args, env, r
     assert not (ws / "pwned").exists()
 
 
+def test_a_new_run_into_a_folder_with_a_damaged_checkpoint_says_so(ws):
+    """Not "saved no checkpoint": the message names the damaged file, says the run cannot
+    be resumed and offers --overwrite; nothing changes on disk."""
+    before = snapshot(ws)
+    proc = run_cli(["train", "--data-dir", "{ws}/data", "--out", "{ws}/run_bad_ckpt", *BASE],
+                   ws)
+    err = " ".join(proc.stderr.split())  # the message is wrapped to 80 columns
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in err and err.startswith("gpuconv train: error: "), proc.stderr
+    assert "saved no checkpoint" not in err, proc.stderr
+    for word in (f"{ws / 'run_bad_ckpt' / 'checkpoint.npz'} is damaged", "truncated",
+                 "cannot be resumed", "--overwrite", "another --out"):
+        assert word in err, (word, proc.stderr)
+    assert snapshot(ws) == before, "the command changed files on disk"
+
+
 def test_debug_flag_and_variable_show_the_traceback(ws):
     args = ["predict", "{ws}/run", "{ws}/a_folder"]
     plain = run_cli(args, ws)

@@ -63,7 +63,8 @@ from . import run_dir as rd
 from .common import (AUGMENT_CHOICES, CIFAR10_MEAN, CIFAR10_STD, DEVICE_ENV, CLIError,
                      build_augment, device_spec, eprint, load_cifar10, resolve_device,
                      split_indices)
-from .errors import check_writable_folder, no_float_warnings, without_path, writing_to
+from .errors import (check_writable_folder, no_float_warnings, one_line, without_path,
+                     writing_to)
 from ..models.presets import (DEFAULT_PRESET, INPUT_SHAPE, PRESET_HELP, PRESET_HELP_NOTE, PRESETS,
                               WIDTH_PRESETS, build_preset)
 from .recipe import AIRBENCH_SETTINGS, RECIPES, airbench_run, recipe_settings
@@ -394,10 +395,14 @@ def _restart_command(out: Path, config: dict | None) -> str:
     return shlex.join(command + ["--overwrite"])
 
 
+#: What :func:`load_checkpoint` raises for a missing, unreadable or damaged file.
+_CHECKPOINT_ERRORS = (OSError, ValueError, KeyError, TypeError)
+
+
 def _read_checkpoint(path: Path) -> Checkpoint | None:
     try:
         return load_checkpoint(path)
-    except (OSError, ValueError):
+    except _CHECKPOINT_ERRORS:
         return None
 
 
@@ -429,7 +434,14 @@ def _finished(out: Path, settings: dict) -> str | None:
 
 def _occupied(out: Path) -> str:
     """Why a new run cannot go into ``out``, and the ways on."""
-    ckpt = _read_checkpoint(out / rd.CHECKPOINT)
+    path = out / rd.CHECKPOINT
+    try:
+        ckpt = load_checkpoint(path) if path.exists() else None
+    except _CHECKPOINT_ERRORS as exc:
+        return _error(f"{out} already holds a run whose checkpoint {path} is damaged or "
+                      f"unreadable ({without_path(one_line(str(exc)), path)}), so the run "
+                      "cannot be resumed. Start it over there with --overwrite (its files "
+                      "are deleted), or choose another --out.")
     if ckpt is None:
         return _error(f"{out} already holds a run, which saved no checkpoint (it stopped or "
                       "failed before its first one). Start it over there with --overwrite "
@@ -572,7 +584,7 @@ def _check_resume_checkpoint(out: Path) -> Any:
     path = out / rd.CHECKPOINT
     try:
         return load_checkpoint(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except _CHECKPOINT_ERRORS as exc:
         raise CLIError(f"--resume {out}: {path} is damaged or not a gpuconv checkpoint "
                        f"({without_path(str(exc), path)}); the run cannot be continued, "
                        "start a new one") from None
