@@ -463,6 +463,25 @@ def test_invalid_settings_exit_2(capsys):
         assert main(["--tiny", "--no-torch", "--device", "cuda"]) == 2
 
 
+@pytest.mark.skipif(cuda_is_available(), reason="CUDA is usable here")
+def test_cuda_from_gpuconv_device_names_the_variable(monkeypatch, tmp_path, capsys):
+    """GPUCONV_DEVICE=cuda without CUDA: the error names the variable, not a --device
+    flag that was never given (as train, evaluate and predict do); the flag still wins."""
+    from gpuconv.cli import main
+    monkeypatch.setenv("GPUCONV_DEVICE", "cuda")
+    json_path = str(tmp_path / "b.json")
+    assert main(["bench", "--tiny", "--no-torch", "--json", json_path]) == 2
+    err = capsys.readouterr().err
+    assert "GPUCONV_DEVICE=cuda: CUDA is not usable" in err and "--device cuda" not in err, err
+    assert main(["bench", "--nproc", "2", "--no-torch", "--json", json_path]) == 2
+    err = capsys.readouterr().err
+    assert "GPUCONV_DEVICE=cuda" in err and "--device cuda" not in err, err
+    assert main(["bench", "--tiny", "--no-torch", "--device", "cuda", "--json",
+                 json_path]) == 2
+    assert "--device cuda: CUDA is not usable" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+
+
 def _amp_workload():
     return next(w for w in all_workloads(tiny=True) if w.mode == "train-amp")
 

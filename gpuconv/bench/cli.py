@@ -9,6 +9,7 @@ import sys
 from typing import Sequence
 
 from ..cli import argtypes
+from ..cli.common import DEVICE_ENV, device_spec
 from ..cli.errors import CLIError, check_writable_folder
 from ..training.console import terminal_width, wrap_text
 from .harness import DEVICE_CHOICES, BenchConfig, run
@@ -72,11 +73,11 @@ _ENV_DEVICES = {"auto": "all", "cpu": "cpu", "cuda": "cuda", "cuda:0": "cuda"}
 
 def _default_device() -> str:
     """``--device`` when not given: ``$GPUCONV_DEVICE`` (auto = all), else all."""
-    env = os.environ.get("GPUCONV_DEVICE", "").strip().lower()
+    env = os.environ.get(DEVICE_ENV, "").strip().lower()
     if not env:
         return "all"
     if env not in _ENV_DEVICES:
-        raise ValueError(f"GPUCONV_DEVICE={env}: the benchmark runs on cpu, cuda (device 0) "
+        raise ValueError(f"{DEVICE_ENV}={env}: the benchmark runs on cpu, cuda (device 0) "
                          "or all; pass --device")
     return _ENV_DEVICES[env]
 
@@ -133,10 +134,14 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     if nproc > 1:  # the issue's global batch, whatever the preset
         batches = (DEFAULT_BATCH,)
     rounds = getattr(args, "rounds", None) or (1 if args.quick else BenchConfig.rounds)
+    device = args.device or _default_device()
+    # not "all": --device or $GPUCONV_DEVICE chose it; messages name which (as train,
+    # evaluate and predict do)
+    source = device_spec(args.device)[1] if device != "all" else None
     return BenchConfig(
         batch_sizes=tuple(_int_list(args.batch_sizes)) if args.batch_sizes else batches,
         reps=args.reps or reps, warmup=args.warmup or warmup,
-        device=args.device or _default_device(),
+        device=device, device_source=source,
         workloads=tuple(p for w in (args.workloads or []) for p in w.split(",")),
         tiny=args.tiny, quick=args.quick, use_torch=not args.no_torch,
         reference=args.reference, peak_size=args.peak_size or peak_size, peak_reps=peak_reps,

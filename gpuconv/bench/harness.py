@@ -64,6 +64,9 @@ class BenchConfig:
     nproc: int = 1  # > 1: the seed-CNN training step on this many MPI ranks (see nproc.py)
     rounds: int = 3  # nproc > 1: each process is started this many times, in turn
     command: list[str] = field(default_factory=lambda: list(sys.argv))
+    #: where ``device`` came from, for messages (``--device cuda``, ``GPUCONV_DEVICE=cuda``;
+    #: None: ``--device DEVICE``); not a setting, so not in the report
+    device_source: str | None = None
 
     def validate(self) -> None:
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
@@ -82,16 +85,17 @@ class BenchConfig:
                              f"rounds={self.rounds}")
 
 
-def resolve_devices(spec: str) -> tuple[list[str], list[str]]:
+def resolve_devices(spec: str, source: str | None = None) -> tuple[list[str], list[str]]:
     """``(devices, notes)`` for ``cpu`` / ``cuda`` / ``all``; ``cuda`` without a GPU raises
-    RuntimeError with the reason, ``all`` then benchmarks the CPU only and says why."""
+    RuntimeError with the reason (naming ``source``, default ``--device cuda``), ``all``
+    then benchmarks the CPU only and says why."""
     if spec == "cpu":
         return ["cpu"], []
     if cuda_is_available():
         return (["cuda"] if spec == "cuda" else ["cpu", "cuda"]), []
     reason = cuda_unavailable_reason()
     if spec == "cuda":
-        raise RuntimeError(f"--device cuda: CUDA is not usable here ({reason})")
+        raise RuntimeError(f"{source or '--device cuda'}: CUDA is not usable here ({reason})")
     return ["cpu"], [f"CUDA skipped: {reason}"]
 
 
@@ -203,7 +207,7 @@ def run(config: BenchConfig, log: Callable[[str], None] = _stderr) -> dict[str, 
     # the allocator setting fit() uses; applied before any backend runs, so PyTorch
     # (same process, same malloc) is measured under the same conditions
     malloc_tuned = keep_freed_memory()
-    devices, notes = resolve_devices(config.device)
+    devices, notes = resolve_devices(config.device, config.device_source)
     if not malloc_tuned:
         notes.append("glibc malloc tuning not applied (GPUCONV_MALLOC_TUNING=0 or not glibc)")
     workloads = select(all_workloads(config.tiny), config.workloads)

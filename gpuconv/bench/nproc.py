@@ -56,7 +56,11 @@ def check_settings(config: Any) -> str:
         raise CLIError(f"--nproc {n}: run gpuconv bench outside mpiexec; it starts the "
                        "ranks itself")
     if config.device == "cuda":
-        raise CLIError(f"--nproc {n} measures on the CPU; leave out --device cuda")
+        source = config.device_source or "--device cuda"
+        raise CLIError(f"--nproc {n} measures on the CPU; leave out --device cuda"
+                       if source.startswith("--") else
+                       f"--nproc {n} measures on the CPU, not {source}; pass --device cpu "
+                       "(or unset the variable)")
     if config.workloads:
         try:
             select([train_workload()], config.workloads)

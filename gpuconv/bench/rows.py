@@ -114,7 +114,8 @@ def report(config: Any, machine: dict, torch_info: Any, reference: dict, peaks: 
         "command": " ".join(config.command),
         "argv": list(config.command),
         "settings": {**{k: (list(v) if isinstance(v, (tuple, list)) else v)
-                        for k, v in asdict(config).items() if k != "command"}, **settings},
+                        for k, v in asdict(config).items()
+                        if k not in ("command", "device_source")}, **settings},
         "machine": machine,
         "torch": torch_info,
         "reference": reference,
