@@ -8,6 +8,7 @@ Use it as ``to_device(x, device)`` and ``layer.to(device)``.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import numpy
@@ -18,6 +19,12 @@ _ROOT = os.path.dirname(_HERE)
 for _path in (_ROOT, _HERE):  # gpuconv without installing; `import fakecupy` from tests
     if _path not in sys.path:
         sys.path.insert(0, _path)
+
+# Tests send real SIGINTs (to this process and to subprocesses). A suite started in the
+# background (``cmd &`` in a script, nohup) inherits SIGINT ignored, and an ignored signal
+# stays ignored in every child: restore Python's handler, which children reset to default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import gpuconv  # noqa: E402
 import fakecupy  # noqa: E402  (importing registers the "fakecupy" backend)

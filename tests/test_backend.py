@@ -251,9 +251,13 @@ def test_cpu_and_fakecupy_models_live_in_one_process():
         assert isinstance(y_cpu, numpy.ndarray) and isinstance(y_dev, fakecupy.FakeArray)
         numpy.testing.assert_allclose(to_numpy(y_dev), y_cpu, rtol=1e-6, atol=1e-6)
         numpy.testing.assert_allclose(to_numpy(dx_dev), dx_cpu, rtol=1e-6, atol=1e-6)
-        for p, q in zip(cpu_model.parameters(), dev_model.parameters()):
+        for (name, p), q in zip(cpu_model.named_parameters(), dev_model.parameters()):
             assert isinstance(p.grad, numpy.ndarray) and isinstance(q.grad, fakecupy.FakeArray)
-            numpy.testing.assert_allclose(to_numpy(q.grad), p.grad, rtol=1e-5, atol=1e-6)
+            # 0.bias feeds a training-mode BatchNorm: its gradient is exactly 0, float32
+            # roundoff (~1e-6) in another summation order on the device
+            atol = 1e-5 if name == "0.bias" else 1e-6
+            numpy.testing.assert_allclose(to_numpy(q.grad), p.grad, rtol=1e-5, atol=atol,
+                                          err_msg=name)
             p.data -= 0.1 * p.grad  # a plain SGD step on each device
             q.data -= 0.1 * q.grad
     for (name, a), (_, b) in zip(cpu_model.named_buffers(), dev_model.named_buffers()):
