@@ -152,9 +152,10 @@ PRESET_HELP: dict[str, str] = {
     # 65.92 % test, epochs of 21-25 s
     "tiny-cnn": "25.6k params; 66% test acc. after 10 epochs; ~22 s/epoch",
     "resnet-small": "309k params; accuracy not measured; ~5.5 min/epoch",
-    # docs/cifar10-airbench-cpu: --recipe airbench --width 0.5 (its own recipe: 50,000
-    # images, batch 1024), 88.53 % with TTA after 9.9 epochs, 1356 s of training (33f3092)
-    "airbench": "1.97M params; recipe at width 0.5: 88.5% test; 136 s/epoch",
+    # docs/cifar10-airbench: --recipe airbench (its own recipe: 50,000 images, batch 1024),
+    # 90.53 % with TTA after 9.9 epochs, epochs 3-10 of 219-291 s, median 266 s (c4c3389);
+    # width 0.5 (docs/cifar10-airbench-cpu): 88.53 %, 1356 s of training (33f3092)
+    "airbench": "1.97M params; recipe: 90.5% test after 10 epochs; ~270 s/epoch",
 }
 PRESET_HELP_NOTE = ("per epoch: 45,000 training + 5,000 validation images, batch 128 "
                     "(airbench: its recipe's 50,000 at batch 1024), on a 2-core Xeon VM "
