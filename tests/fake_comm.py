@@ -16,30 +16,36 @@ from gpuconv.backend import get_array_module
 from gpuconv.distributed import Communicator
 
 
-class _Shared:
+class Shared:
+    """What ``size`` thread ranks share: a barrier and one slot per rank."""
+
     def __init__(self, size: int) -> None:
         self.size = size
         self.barrier = threading.Barrier(size, timeout=20)
         self.slots: list[Any] = [None] * size
         self.calls = 0
 
+    def exchange(self, rank: int, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order (all ranks must call it)."""
+        self.barrier.wait()
+        self.slots[rank] = value
+        self.barrier.wait()
+        values = list(self.slots)
+        self.barrier.wait()
+        return values
+
 
 class ThreadComm(Communicator):
     backend = "threads"
 
-    def __init__(self, shared: _Shared, rank: int) -> None:
+    def __init__(self, shared: Shared, rank: int) -> None:
         super().__init__()
         self.shared, self.rank, self.size = shared, rank, shared.size
         self.local_rank, self.local_size = rank, shared.size
         self.allreduce_calls = 0
 
     def _exchange(self, value: Any) -> list[Any]:
-        self.shared.barrier.wait()
-        self.shared.slots[self.rank] = value
-        self.shared.barrier.wait()
-        values = list(self.shared.slots)
-        self.shared.barrier.wait()
-        return values
+        return self.shared.exchange(self.rank, value)
 
     def allreduce_sum(self, arrays):
         self.allreduce_calls += 1
@@ -72,7 +78,7 @@ class ThreadComm(Communicator):
 
 
 def run_ranks(size: int, fn: Callable[[ThreadComm], Any]) -> list[Any]:
-    shared = _Shared(size)
+    shared = Shared(size)
     results: list[Any] = [None] * size
     errors: list[BaseException] = []
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import ctypes
 import secrets
 import threading
-from typing import Any
 
 import numpy
 
 import fakecupy
+from fake_comm import Shared
 
 available = True
 
@@ -37,7 +37,7 @@ _DTYPES = {NCCL_INT8: numpy.int8, NCCL_UINT8: numpy.uint8, NCCL_INT32: numpy.int
 _REDUCE = {NCCL_SUM: numpy.add, NCCL_PROD: numpy.multiply, NCCL_MAX: numpy.maximum,
            NCCL_MIN: numpy.minimum}
 
-_groups: dict[tuple, "_Group"] = {}
+_groups: dict[tuple, Shared] = {}
 _groups_lock = threading.Lock()
 
 
@@ -50,22 +50,6 @@ def get_unique_id() -> tuple:
     return tuple(secrets.token_bytes(128))
 
 
-class _Group:
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.barrier = threading.Barrier(size, timeout=20)
-        self.slots: list[Any] = [None] * size
-        self.calls = 0
-
-    def exchange(self, rank: int, value: Any) -> list[Any]:
-        self.barrier.wait()
-        self.slots[rank] = value
-        self.barrier.wait()
-        values = list(self.slots)
-        self.barrier.wait()
-        return values
-
-
 class NcclCommunicator:
     """One rank of a communicator of ``ndev`` ranks; bound to the current fake GPU."""
 
@@ -73,7 +57,7 @@ class NcclCommunicator:
         if not 0 <= rank < ndev:
             raise NcclError(f"NCCL error: invalid rank {rank} of {ndev}")
         with _groups_lock:
-            self._group = _groups.setdefault((commId, ndev), _Group(ndev))
+            self._group = _groups.setdefault((commId, ndev), Shared(ndev))
         self._rank, self._size = rank, ndev
         self.device_id = fakecupy.current_device_id()
         self.allreduce_calls = 0

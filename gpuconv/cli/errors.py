@@ -53,9 +53,9 @@ def no_float_warnings() -> Iterator[None]:
     A diverging training run overflows in matmuls before its loss turns NaN;
     gpuconv detects the non-finite loss and says what to change, so NumPy's
     warnings (a line of source each, from the worker threads too) would only
-    bury that message. ``warnings.catch_warnings`` rather than
-    ``numpy.errstate``: the filter holds in every thread of the process (errstate
-    is per thread), and CuPy, which has no errstate, never emits these.
+    bury that message. A warnings filter rather than NumPy's floating-point error
+    state: the filter holds in every thread of the process (the error state is per
+    thread), and works the same whatever the array library (CuPy emits none of these).
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=FLOAT_WARNINGS, category=RuntimeWarning)
