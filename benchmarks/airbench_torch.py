@@ -10,6 +10,7 @@ gpuconv's own implementation can be run on the same data, machine and seeds.
     python benchmarks/airbench_torch.py --data-dir /work/data/cifar10
     python benchmarks/airbench_torch.py --width 0.25 --epochs 1 --limit 5000
     python benchmarks/airbench_torch.py --time-steps 3 --width 0.5
+    python benchmarks/airbench_torch.py --evaluate-gpuconv RUN/model.npz
 
 The recipe (every number is the source's unless marked "here")
 ---------------------------------------------------------------
@@ -380,6 +381,36 @@ def evaluate(net, images, labels, tta_level=0) -> float:
     return (infer(net, images, tta_level).argmax(1) == labels).float().mean().item()
 
 
+def load_gpuconv_model(path: str, device="cpu") -> nn.Sequential:
+    """This network holding the weights of a gpuconv airbench model saved to ``path``.
+
+    gpuconv's ``model.save`` writes ``param/<layer>.weight``/``.bias`` and
+    ``buffer/<layer>.running_mean``/``running_var``; its layers with parameters
+    come in the same order as this network's Conv2d/BatchNorm2d/Linear modules.
+    gpuconv's Dense weight is (in, out), torch's Linear weight (out, in).
+    """
+    import numpy as np
+    saved = np.load(path, allow_pickle=False)
+    layers = sorted({int(k.split("/")[1].split(".")[0]) for k in saved.files
+                     if k.startswith("param/")})
+    width = saved[f"param/{layers[1]}.weight"].shape[0] / HYP["widths"][0]
+    net = build_net(width, device)
+    modules = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    if len(modules) != len(layers):
+        raise ValueError(f"{path}: {len(layers)} layers with parameters, the airbench "
+                         f"network at width {width:g} has {len(modules)}")
+    with torch.no_grad():
+        for module, layer in zip(modules, layers):
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                key = f"{'buffer' if name.startswith('running') else 'param'}/{layer}.{name}"
+                if key not in saved.files:
+                    continue
+                value = torch.from_numpy(saved[key]).to(device)
+                target = getattr(module, name)
+                target.copy_(value.T if isinstance(module, nn.Linear) else value)
+    return net
+
+
 # ------------------------------------------------------------------ timing
 
 def _sync(device) -> None:
@@ -445,6 +476,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--time-steps", type=int, default=0, metavar="N",
                    help="only time N training steps on random data, then exit")
+    p.add_argument("--evaluate-gpuconv", default=None, metavar="MODEL.npz",
+                   help="only evaluate a gpuconv airbench model (plain and TTA) in this "
+                        "network on the test set, then exit")
     return p.parse_args(argv)
 
 
@@ -475,6 +509,16 @@ def main(argv=None) -> int:
         return 0
 
     from gpuconv.data import CIFAR10  # only this mode needs data
+    if args.evaluate_gpuconv:
+        test = CIFAR10(args.data_dir, train=False)
+        n_test = len(test.images) if args.test_limit is None else args.test_limit
+        test_x = normalize(torch.from_numpy(test.images[:n_test]).to(device))
+        test_y = torch.from_numpy(test.labels[:n_test]).to(device)
+        net = load_gpuconv_model(args.evaluate_gpuconv, device)
+        acc, acc_tta = (evaluate(net, test_x, test_y, level) for level in (0, HYP["tta_level"]))
+        print(f"{args.evaluate_gpuconv} in torch: test accuracy {acc:.4f}  tta {acc_tta:.4f}"
+              f"  ({n_test} images)")
+        return 0
     train, test = CIFAR10(args.data_dir, train=True), CIFAR10(args.data_dir, train=False)
     n_train = len(train.images) if args.limit is None else min(args.limit, len(train.images))
     n_test = len(test.images) if args.test_limit is None else min(args.test_limit,

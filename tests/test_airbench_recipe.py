@@ -127,3 +127,26 @@ def test_short_runs_get_a_schedule_without_warmup():
         optimizer = ab.build_optimizer(model, recipe)
         scheduler = ab.build_scheduler(optimizer, steps, recipe)
         assert scheduler.get_lr_at(0) == pytest.approx(optimizer.param_groups[0]["lr"])
+
+
+def test_saved_model_in_the_torch_reference_gives_the_same_tta_logits(tmp_path):
+    """A gpuconv airbench model saved to disk, read by the PyTorch reference
+    (``load_gpuconv_model``, used by ``--evaluate-gpuconv``), gives the same plain and
+    6-view TTA logits: gpuconv's test-time augmentation equals airbench's."""
+    ref = load_reference()
+    rng = np.random.default_rng(0)
+    model = ab.build_model(ab.AirbenchRecipe(width=0.125), device="cpu")
+    ab.whiten(model, rng.standard_normal((64, 3, 32, 32)).astype(np.float32))
+    for layer in model.layers:
+        if isinstance(layer, BatchNorm2d):  # non-trivial statistics and shifts
+            layer.running_mean[...] = rng.standard_normal(layer.running_mean.shape) * 0.1
+            layer.running_var[...] = rng.uniform(0.5, 2.0, layer.running_var.shape)
+            layer.bias.data[...] = rng.standard_normal(layer.bias.data.shape) * 0.1
+    path = tmp_path / "model.npz"
+    model.save(path)
+    net = ref.load_gpuconv_model(str(path))
+    x = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
+    for level in (0, 2):
+        ours = to_numpy(model.predict(x, tta=level))
+        theirs = ref.infer(net, torch.from_numpy(x), tta_level=level).numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
