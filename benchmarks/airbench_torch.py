@@ -381,33 +381,33 @@ def evaluate(net, images, labels, tta_level=0) -> float:
     return (infer(net, images, tta_level).argmax(1) == labels).float().mean().item()
 
 
-def load_gpuconv_model(path: str, device="cpu") -> nn.Sequential:
-    """This network holding the weights of a gpuconv airbench model saved to ``path``.
-
-    gpuconv's ``model.save`` writes ``param/<layer>.weight``/``.bias`` and
-    ``buffer/<layer>.running_mean``/``running_var``; its layers with parameters
-    come in the same order as this network's Conv2d/BatchNorm2d/Linear modules.
-    gpuconv's Dense weight is (in, out), torch's Linear weight (out, in).
-    """
+def copy_from_gpuconv(model, net: nn.Sequential) -> None:
+    """Copy a gpuconv airbench ``model``'s parameters and BatchNorm buffers into ``net``
+    (same order; gpuconv's Dense weight is (in, out), torch's Linear weight (out, in))."""
     import numpy as np
-    saved = np.load(path, allow_pickle=False)
-    layers = sorted({int(k.split("/")[1].split(".")[0]) for k in saved.files
-                     if k.startswith("param/")})
-    width = saved[f"param/{layers[1]}.weight"].shape[0] / HYP["widths"][0]
-    net = build_net(width, device)
-    modules = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
-    if len(modules) != len(layers):
-        raise ValueError(f"{path}: {len(layers)} layers with parameters, the airbench "
-                         f"network at width {width:g} has {len(modules)}")
+    from gpuconv.backend import to_numpy
+    ours = [to_numpy(p.data) for p in model.parameters()]
+    ours = [a.T if a.ndim == 2 else a for a in ours]
+    theirs = list(net.parameters())
+    if [tuple(a.shape) for a in ours] != [tuple(t.shape) for t in theirs]:
+        raise ValueError("copy_from_gpuconv: parameter shapes differ: "
+                         f"{[tuple(a.shape) for a in ours]} vs {[tuple(t.shape) for t in theirs]}")
+    ours_buffers = [to_numpy(b) for _, b in model.named_buffers()]
+    theirs_buffers = [b for name, b in net.named_buffers() if "num_batches" not in name]
+    if len(ours_buffers) != len(theirs_buffers):
+        raise ValueError(f"copy_from_gpuconv: {len(ours_buffers)} buffers vs "
+                         f"{len(theirs_buffers)}")
     with torch.no_grad():
-        for module, layer in zip(modules, layers):
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                key = f"{'buffer' if name.startswith('running') else 'param'}/{layer}.{name}"
-                if key not in saved.files:
-                    continue
-                value = torch.from_numpy(saved[key]).to(device)
-                target = getattr(module, name)
-                target.copy_(value.T if isinstance(module, nn.Linear) else value)
+        for a, t in zip(ours + ours_buffers, theirs + theirs_buffers):
+            t.copy_(torch.from_numpy(np.array(a)))
+
+
+def load_gpuconv_model(path: str, device="cpu") -> nn.Sequential:
+    """This network holding the weights of the gpuconv airbench model saved at ``path``."""
+    import gpuconv
+    model = gpuconv.load_model(path, device="cpu")
+    net = build_net(model[2].out_channels / HYP["widths"][0], device)
+    copy_from_gpuconv(model, net)
     return net
 
 

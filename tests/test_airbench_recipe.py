@@ -28,16 +28,7 @@ def load_reference():
 
 
 def copy_into_torch(model, net):
-    ours = [to_numpy(p.data) for p in model.parameters()]
-    ours = [a.T if a.ndim == 2 else a for a in ours]  # Dense keeps (in, out), Linear (out, in)
-    theirs = list(net.parameters())
-    assert [tuple(a.shape) for a in ours] == [tuple(t.shape) for t in theirs]
-    ours_buffers = [to_numpy(b) for _, b in model.named_buffers()]
-    theirs_buffers = [b for name, b in net.named_buffers() if "num_batches" not in name]
-    assert len(ours_buffers) == len(theirs_buffers)
-    with torch.no_grad():
-        for a, t in zip(ours + ours_buffers, theirs + theirs_buffers):
-            t.copy_(torch.from_numpy(np.array(a)))
+    load_reference().copy_from_gpuconv(model, net)
 
 
 def lookahead_update_any_float(lookahead):
