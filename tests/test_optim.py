@@ -379,3 +379,35 @@ def test_adam_on_the_xp_path_keeps_its_two_scratch_buffers(device):
         opt.step()
         buffers = [sorted(w) for w in opt._work]
         assert buffers == [[0, 1] for _ in params]
+
+
+@pytest.mark.parametrize("case", [CASES[7], CASES[9]], ids=[CASE_IDS[i] for i in (7, 9)])
+def test_adam_numpy_path_runs_in_cache_sized_blocks_with_the_same_result(case, monkeypatch):
+    """Parameters above ``ADAM_BLOCK`` elements are updated block by block (a last,
+    shorter block included): bit for bit what one pass over the whole array gives, and
+    torch's result."""
+    name, ours_kw, torch_kw = case
+    host, grads = _host_params(), _grads()
+    expected = _torch_run(name, torch_kw, host, grads)
+    real = fused._adam_passes
+
+    def run(block):
+        blocks = []
+        monkeypatch.setattr(fused, "ADAM_BLOCK", block)
+        monkeypatch.setattr(fused, "_adam_passes", lambda *a: (blocks.append(a[1].size),
+                                                               real(*a)))
+        params = _ours(host, "cpu")
+        opt = getattr(optim, name)(params, **ours_kw)
+        for g in grads:
+            _set_grads(params, g, "cpu")
+            opt.step()
+        return [p.data for p in params], blocks
+
+    whole, whole_blocks = run(10 ** 9)
+    blocked, blocks = run(5)
+    sizes = [a.size for a in host.values()]                            # 12, 3, 24
+    assert whole_blocks == sizes * STEPS
+    assert blocks == [5, 5, 2, 3, 5, 5, 5, 5, 4] * STEPS
+    for b, w, ref in zip(blocked, whole, expected[-1]):
+        numpy.testing.assert_array_equal(b, w)
+        numpy.testing.assert_allclose(b, ref, rtol=1e-6, atol=1e-12)
