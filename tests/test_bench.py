@@ -602,3 +602,20 @@ def test_png_of_a_report_without_ratios(tmp_path):
     assert write_png(tmp_path / "c.png", {"results": rows, "machine": {}}) is None
     assert (tmp_path / "c.png").stat().st_size > 0
     assert write_png(tmp_path / "d.png", {"results": []}) is not None
+
+
+def test_blas_info_without_threadpoolctl_names_no_build_machine_paths(monkeypatch):
+    import builtins
+    from gpuconv.bench.machine import blas_info
+
+    real_import = builtins.__import__
+
+    def no_threadpoolctl(name, *args, **kwargs):
+        if name == "threadpoolctl":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+    info = blas_info()
+    assert info["source"] == "numpy.show_config" and info["blas"].get("name")
+    assert not [k for k in info["blas"] if "directory" in k]

@@ -47,8 +47,10 @@ def blas_info() -> Any:
             return {"source": "threadpoolctl", "libraries": info}
     try:
         config = numpy.show_config(mode="dicts")
+        blas = config.get("Build Dependencies", {}).get("blas") or {}
+        # the "... directory" entries are paths on the machine NumPy was built on
         return {"source": "numpy.show_config",
-                "blas": config.get("Build Dependencies", {}).get("blas")}
+                "blas": {k: v for k, v in blas.items() if not k.endswith("directory")}}
     except Exception as exc:  # older NumPy: no dict mode
         return {"source": "unavailable", "error": f"{type(exc).__name__}: {exc}"}
 
