@@ -54,12 +54,11 @@ def test_tile_transforms_and_adjoints():
 
 
 CASES = [  # (N, C, O, H, W, padding)
-    (3, 64, 64, 17, 17, (1, 1, 1, 1)),    # odd output size: a padded last tile
-    (3, 64, 80, 16, 17, (1, 1, 1, 1)),    # even height, odd width
-    (2, 72, 64, 17, 17, (0, 2, 1, 0)),    # asymmetric padding
-    (2, 64, 64, 14, 14, (2, 2, 2, 2)),
-    (20, 64, 64, 16, 16, (1, 1, 1, 1)),   # more images than one chunk (16 of 16x16)
-    (3, 128, 128, 7, 7, (1, 1, 1, 1)),    # a small image with channels enough
+    (5, 64, 64, 7, 7, (1, 1, 1, 1)),      # airbench's 128-channel convs, scaled down
+    (3, 64, 80, 8, 9, (1, 1, 1, 1)),      # even height, odd width
+    (4, 72, 64, 9, 7, (0, 2, 1, 0)),      # asymmetric padding
+    (2, 64, 64, 6, 6, (2, 2, 2, 2)),
+    (70, 64, 64, 7, 7, (1, 1, 1, 1)),     # more images than one chunk
 ]
 
 
@@ -103,17 +102,9 @@ def test_winograd_conv_equals_im2col(case, device):
 
 
 def test_winograd_is_used_only_where_it_gains():
-    x, w = numpy.zeros((2, 64, 16, 16), numpy.float32), numpy.zeros((64, 64, 3, 3), numpy.float32)
+    x, w = numpy.zeros((2, 64, 7, 7), numpy.float32), numpy.zeros((64, 64, 3, 3), numpy.float32)
     same = (1, 1, 1, 1)
     assert conv_ops.use_winograd(x, w, (1, 1), same, (1, 1), "auto")
-    # below 12x12 outputs 64 channels lose to im2col, 128 gain
-    small = numpy.zeros((2, 64, 8, 8), numpy.float32)
-    assert not conv_ops.use_winograd(small, numpy.zeros((128, 64, 3, 3), numpy.float32),
-                                     (1, 1), same, (1, 1), "auto")
-    assert conv_ops.use_winograd(small[:, :1].repeat(128, 1),
-                                 numpy.zeros((128, 128, 3, 3), numpy.float32),
-                                 (1, 1), same, (1, 1), "auto")
-    assert conv_ops.use_winograd(x[:, :, :12, :12], w, (1, 1), same, (1, 1), "auto")
     assert not conv_ops.use_winograd(x, w, (1, 1), same, (1, 1), "rows")       # asked for im2col
     assert not conv_ops.use_winograd(x, w, (2, 2), same, (1, 1), "auto")       # stride
     assert not conv_ops.use_winograd(x, w, (1, 1), same, (2, 2), "auto")       # dilation
@@ -128,7 +119,7 @@ def test_winograd_is_used_only_where_it_gains():
 def test_winograd_conv_layer_matches_torch(dtype):
     rng = numpy.random.default_rng(7)
     layer = Conv2D(64, 64, 3, padding="same", bias=False, dtype=dtype)
-    x = rng.standard_normal((3, 64, 16, 16)).astype(dtype)
+    x = rng.standard_normal((3, 64, 7, 7)).astype(dtype)
     y = layer.forward(x)
     assert layer._cache[0].winograd is not None
     dy = rng.standard_normal(y.shape).astype(dtype)

@@ -90,7 +90,7 @@ class SavedInput:
 def use_winograd(x: Array, weight: Array, stride: Pair, padding: Padding, dilation: Pair,
                  method: str) -> bool:
     """Winograd F(2x2, 3x3) (:mod:`.winograd`) for ``method="auto"`` off CUDA, float32 or
-    float64, where :func:`winograd.worthwhile` (3x3, stride 1, channels enough for the size)."""
+    float64, where :func:`winograd.worthwhile` (3x3, stride 1, >= 64 channels)."""
     return (method == "auto" and WINOGRAD and chunks_batches(get_array_module(x))
             and x.dtype == weight.dtype and x.dtype.kind == "f" and x.dtype.itemsize >= 4
             and winograd.worthwhile(x.shape, weight.shape, stride, padding, dilation))

@@ -18,9 +18,8 @@ chunks, then through the filter transform's adjoint) gives the weight
 gradient, and ``dV = dM U^T`` through the input transform's adjoint (a
 scatter-add of overlapping tiles) the input gradient.
 
-Worth it only where the GEMMs dominate (:func:`worthwhile`: channels >= 64 both
-ways on outputs of at least 12x12, >= 128 on outputs of 6x6 to 11x11); elsewhere
-im2col is as fast or faster.
+Worth it only where the GEMMs dominate (channels >= 64 both ways, outputs of
+at least 6x6: :func:`worthwhile`); elsewhere im2col is as fast or faster.
 """
 from __future__ import annotations
 
@@ -29,12 +28,6 @@ from .workspace import Workspace, scratch
 
 MIN_CHANNELS = 64   # below this the (T, C) @ (C, O) GEMMs are too thin to gain
 MIN_OUTPUT = 6      # smaller images waste most of their 2x2 tiles on padding
-# On small outputs the 16 transform passes over few tiles cost more than the GEMM flops
-# saved unless the channels are many (Sapphire Rapids, fwd + bwd, 1 thread at batch 64:
-# 64->128 at 8x8 32.5 ms vs im2col 20.5, 64->64 at 12x12 27.0 vs 25.4, 64->64 at 16x16
-# 40.9 vs 45.2; 2 threads at batch 512: 128->128 at 7x7 180 vs 224).
-SMALL_OUTPUT = 12
-SMALL_OUTPUT_MIN_CHANNELS = 128
 
 
 def worthwhile(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], stride, padding,
@@ -43,9 +36,8 @@ def worthwhile(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], stride, 
     _, c, h, w = x_shape
     o, _, kh, kw = weight_shape
     oh, ow = h + padding[0] + padding[1] - 2, w + padding[2] + padding[3] - 2
-    channels_needed = SMALL_OUTPUT_MIN_CHANNELS if min(oh, ow) < SMALL_OUTPUT else MIN_CHANNELS
     return ((kh, kw) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
-            and min(c, o) >= channels_needed and min(oh, ow) >= MIN_OUTPUT
+            and min(c, o) >= MIN_CHANNELS and min(oh, ow) >= MIN_OUTPUT
             and max(padding) <= 2)
 
 
