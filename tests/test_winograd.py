@@ -132,3 +132,15 @@ def test_winograd_conv_layer_matches_torch(dtype):
     for ours, theirs in ((y, yt.detach()), (dx, xt.grad), (layer.weight.grad, wt.grad)):
         theirs = theirs.numpy()
         numpy.testing.assert_allclose(ours, theirs, rtol=tol, atol=tol * numpy.abs(theirs).max())
+
+
+def test_winograd_gives_every_worker_a_chunk(monkeypatch):
+    """At batch 64 of 8x8 images one ~1024-tile chunk would be the whole batch and
+    leave the second worker idle: the batch is cut into one chunk per worker at least."""
+    x = numpy.zeros((64, 64, 8, 8), numpy.float32)
+    w = numpy.zeros((64, 64, 3, 3), numpy.float32)
+    assert winograd.tiles_per_chunk(x.shape, (1, 1, 1, 1)) == 64
+    for workers, chunk in ((1, 64), (2, 32), (3, 22)):
+        monkeypatch.setattr(conv_ops, "num_threads", lambda: workers)
+        _, saved = conv_ops.conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1))
+        assert saved.winograd is not None and saved.chunk == chunk
