@@ -311,7 +311,7 @@ def _forward_winograd(x: Array, weight: Array, bias: Array | None, padding: Padd
     y = xp.empty((n, weight.shape[0], oh, ow), dtype=x.dtype) if out is None else out
     # at least one chunk per worker: at batch 64 of 8x8 images the ~1024-tile chunk is the
     # whole batch, and a second worker would idle (64->128 channels, fwd + bwd on 2 workers:
-    # 25-34 ms as one chunk, 20.6-23.6 ms with im2col's 8 chunks)
+    # 25-34 ms as one chunk, 16-17 ms as two; im2col 20.6-23.6 ms)
     chunk = min(winograd.tiles_per_chunk(x.shape, padding), max(1, -(-n // num_threads())))
     _chunk_work(n, chunk, workspace, xp, lambda part, ws, _: winograd.forward_chunk(
         x[part], u, bias, padding, y[part], ws))

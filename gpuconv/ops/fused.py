@@ -93,8 +93,8 @@ def relu_grad(dy: Array, y: Array, use_kernel: bool | None = None) -> Array:
 
 
 # Elements per block of the NumPy path (256 KiB of float32 per array: six such blocks stay in
-# a core's L2): 1.28 M parameters (seed-cnn) 5.5 -> 3.6 ms per step on one Sapphire Rapids
-# thread; 4096-element blocks are slower than none (3,700 more NumPy calls).
+# a core's 2 MiB L2): seed-cnn's Adam step (1.28 M parameters, one AVX-512 Xeon thread) 5.8 ->
+# 5.1 ms; 4096-element blocks are slower than none (3,700 more NumPy calls).
 ADAM_BLOCK = 65536
 
 
