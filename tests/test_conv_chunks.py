@@ -83,6 +83,22 @@ def test_chunked_float16_accumulates_weight_gradients_in_float32():
                                       atol=2e-2 * numpy.abs(r).max())
 
 
+def test_thin_convolutions_chunk_to_keep_columns_and_output_in_cache():
+    # a first layer's GEMM (K = 3*3*3 = 27 rows) gets chunks whose columns and output
+    # fit THIN_CHUNK_ELEMENTS, far fewer images than the column budget alone would allow
+    x = numpy.zeros((64, 3, 32, 32), numpy.float32)
+    w = numpy.zeros((32, 3, 3, 3), numpy.float32)
+    chunk = conv_ops.images_per_chunk(x, w, (1, 1), (1, 1, 1, 1), (1, 1))
+    per_image = (27 + 32) * 32 * 34
+    assert chunk & (chunk - 1) == 0
+    assert chunk * per_image <= conv_ops.THIN_CHUNK_ELEMENTS < 2 * chunk * per_image
+    assert 2 * chunk * 27 * 32 * 34 <= conv_ops.CHUNK_COLUMN_ELEMENTS
+    # K = 64 rows and more: the column budget
+    wide = numpy.zeros((32, 64, 1, 1), numpy.float32)
+    assert conv_ops.images_per_chunk(numpy.zeros((64, 64, 32, 32), numpy.float32), wide,
+                                     (1, 1), (0, 0, 0, 0), (1, 1)) == 16
+
+
 def test_images_per_chunk_fits_the_column_budget():
     x = numpy.zeros((1024, 24, 31, 31), numpy.float32)
     w = numpy.zeros((32, 24, 3, 3), numpy.float32)

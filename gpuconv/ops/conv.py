@@ -36,6 +36,13 @@ METHODS = ("auto", "rows", "windows")
 # shapes (batch 1024), 1 to 128 images per chunk, anything from 1 Mi to 4 Mi elements
 # was within noise; whole-batch columns were 2.2x slower
 CHUNK_COLUMN_ELEMENTS = 1 << 20
+# a GEMM with few column rows (K = C*KH*KW < THIN_ROWS, e.g. a first layer's 27) does
+# little work per byte and runs fastest when a chunk's columns and output together stay
+# in L2: at most THIN_CHUNK_ELEMENTS of them (seed-cnn's 3->32 conv at batch 64, one
+# worker, fwd + bwd: 11.7-13.0 ms in chunks of 32 images, 8.4-8.8 in chunks of 4; its
+# 32->64 conv, K = 288, is fastest in the largest chunks)
+THIN_ROWS = 64
+THIN_CHUNK_ELEMENTS = 1 << 18
 WINOGRAD = True  # method="auto" takes Winograd F(2x2, 3x3) where it gains (use_winograd)
 
 
@@ -214,7 +221,8 @@ def images_per_chunk(x: Array, weight: Array, stride: Pair, padding: Padding,
                      dilation: Pair) -> int:
     """Images per batch chunk for x (N, C, H, W): N (one chunk) on CUDA, else
     (:func:`chunks_batches`) the largest power of two whose columns fit
-    :data:`CHUNK_COLUMN_ELEMENTS` (at least 1)."""
+    :data:`CHUNK_COLUMN_ELEMENTS`, or for thin GEMMs (:data:`THIN_ROWS`) whose columns
+    and output fit :data:`THIN_CHUNK_ELEMENTS` (at least 1)."""
     n = x.shape[0]
     if not chunks_batches(get_array_module(x)):
         return max(n, 1)
@@ -222,9 +230,12 @@ def images_per_chunk(x: Array, weight: Array, stride: Pair, padding: Padding,
     oh = output_size(x.shape[2], kernel[0], stride[0], padding[0], padding[1], dilation[0])
     wp = (x.shape[3] + padding[2] + padding[3] if tuple(stride) == (1, 1)
           else output_size(x.shape[3], kernel[1], stride[1], padding[2], padding[3], dilation[1]))
-    per_image = max(1, weight.shape[1] * kernel[0] * kernel[1] * oh * wp)
+    rows = weight.shape[1] * kernel[0] * kernel[1]
+    per_image, budget = max(1, rows * oh * wp), CHUNK_COLUMN_ELEMENTS
+    if rows < THIN_ROWS:
+        per_image, budget = max(1, (rows + weight.shape[0]) * oh * wp), THIN_CHUNK_ELEMENTS
     chunk = 1
-    while chunk * 2 * per_image <= CHUNK_COLUMN_ELEMENTS and chunk * 2 <= n:
+    while chunk * 2 * per_image <= budget and chunk * 2 <= n:
         chunk *= 2
     return chunk
 
