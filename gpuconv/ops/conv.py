@@ -12,9 +12,10 @@ kept and tested against each other.
 :func:`conv2d_forward` / :func:`conv2d_backward` run either the whole batch as
 one GEMM, keeping the columns for backward (the reference path, and the CUDA
 path: one cuBLAS call), or -- the default elsewhere (:func:`images_per_chunk`)
--- the same code on chunks of a few images whose columns (~4 MiB) stay in the
-CPU cache, keeping only x (:class:`SavedInput`) and rebuilding a chunk's
-columns in backward: at airbench's batch 1024 the whole batch's columns are up
+-- the same code on chunks of a few images whose columns (~4 MiB; for GEMMs with
+few column rows, columns and output together 1 MiB) stay in the CPU cache,
+keeping only x (:class:`SavedInput`) and rebuilding a chunk's columns in
+backward: at airbench's batch 1024 the whole batch's columns are up
 to 0.9 GB, and writing them once and reading them twice through memory cost
 more than the GEMMs themselves.
 """
