@@ -40,7 +40,7 @@ CHUNK_COLUMN_ELEMENTS = 1 << 20
 # a GEMM with few column rows (K = C*KH*KW < THIN_ROWS, e.g. a first layer's 27) does
 # little work per byte and runs fastest when a chunk's columns and output together stay
 # in L2: at most THIN_CHUNK_ELEMENTS of them (seed-cnn's 3->32 conv at batch 64, one
-# worker, fwd + bwd: 11.7-13.0 ms in chunks of 32 images, 8.4-8.8 in chunks of 4; its
+# worker, fwd + bwd: 11.7-13.0 ms in chunks of 32 images, 8.5 in chunks of 4; its
 # 32->64 conv, K = 288, is fastest in the largest chunks)
 THIN_ROWS = 64
 THIN_CHUNK_ELEMENTS = 1 << 18
